@@ -1,0 +1,156 @@
+"""The one HU → network-input transform, shared by training and serving.
+
+Training and serving call exactly this function with the parameters recorded in the model card,
+so a model never sees a slice prepared differently from the ones it learned on. Steps:
+
+1. lung window W1500/L-600 mapped to [0, 1] with clipping — always, whatever window preset the
+   file carries (scanners ship soft-tissue or head presets that would hide ground glass);
+2. body crop: threshold the HU image, drop thin structures (the table, cables) with a box
+   opening, take the bounding box, square it with a margin, pad with the window minimum;
+3. resize to the model's input size with antialiased bilinear interpolation (torch, CPU,
+   deterministic);
+4. replicate to 3 channels and normalise with (mean, std).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the conventional alias)
+
+LUNG_WINDOW_CENTER = -600.0
+LUNG_WINDOW_WIDTH = 1500.0
+BODY_THRESHOLD_HU = -500.0
+#: side of the opening's square, as a fraction of the image side: structures thinner than this
+#: (the table, ~1 cm at 512x512 / 35 cm FOV) do not count as body.
+OPENING_FRACTION = 0.03
+CROP_MARGIN = 0.05
+
+Norm = float | Sequence[float]
+
+
+def lung_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Map HU to [0, 1] through the window (clipped), as float32."""
+    low = center - width / 2.0
+    out = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _full_boxes(mask: np.ndarray, k: int) -> np.ndarray:
+    """For every k x k window position (top-left), whether the mask is set in all of it.
+
+    The union of those windows is the morphological opening of the mask; computed with an
+    integral image, so it is O(H*W) whatever k is.
+    """
+    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=ii[1:, 1:])
+    box = ii[k:, k:] - ii[:-k, k:] - ii[k:, :-k] + ii[:-k, :-k]
+    return box == k * k
+
+
+def body_box(
+    hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU
+) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(r0, r1, c0, c1)`` (half-open) of the body, ignoring thin structures.
+
+    Padding outside the scan circle (-2000, -3024 HU...) lies below any body threshold and is
+    ignored. None when nothing thick enough is found (a slice of air): nothing to crop to.
+    Large images are searched on a decimated grid (every 2nd pixel for 512x512): the box only
+    has to be right to a pixel or two, and this keeps it well under a millisecond.
+    """
+    hu = np.asarray(hu)
+    step = max(1, min(hu.shape) // 256)
+    mask = hu[::step, ::step] > threshold
+    k = max(2, round(OPENING_FRACTION * min(mask.shape)))
+    if min(mask.shape) <= k:
+        return None
+    full = _full_boxes(mask, k)
+    rows = np.flatnonzero(full.any(axis=1))
+    cols = np.flatnonzero(full.any(axis=0))
+    if rows.size == 0:
+        return None
+    r1 = min(hu.shape[0], (int(rows[-1]) + k) * step)
+    c1 = min(hu.shape[1], (int(cols[-1]) + k) * step)
+    return int(rows[0]) * step, r1, int(cols[0]) * step, c1
+
+
+def square_crop(img: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
+    """Crop a square around ``box`` (centre kept, side = longer edge + margin), zero-padded.
+
+    Zero is the window minimum after :func:`lung_window`, i.e. air.
+    """
+    r0, r1, c0, c1 = box
+    side = round(max(r1 - r0, c1 - c0) * (1.0 + 2.0 * margin))
+    top, left = (r0 + r1 - side) // 2, (c0 + c1 - side) // 2
+    out = np.zeros((side, side), dtype=np.float32)
+    sr0, sr1 = max(top, 0), min(top + side, img.shape[0])
+    sc0, sc1 = max(left, 0), min(left + side, img.shape[1])
+    out[sr0 - top : sr1 - top, sc0 - left : sc1 - left] = img[sr0:sr1, sc0:sc1]
+    return out
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bilinear resize on CPU; deterministic, so training and serving agree."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0, 0].numpy()
+
+
+def _channel_vector(value: Norm, name: str) -> np.ndarray:
+    """A scalar or 3 values, as a [3, 1, 1] float32 array for broadcasting."""
+    vec = np.broadcast_to(np.asarray(value, dtype=np.float32).reshape(-1), (3,))
+    if name == "std" and np.any(vec <= 0):
+        raise ValueError(f"std must be positive, got {value!r}")
+    return vec.reshape(3, 1, 1)
+
+
+def hu_to_input(
+    hu: np.ndarray,
+    input_size: tuple[int, int],
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    mean: Norm,
+    std: Norm,
+    body_crop: bool = True,
+) -> np.ndarray:
+    """One HU slice ``[H, W]`` → network input ``float32 [3, h, w]`` (see the module docstring)."""
+    hu = np.asarray(hu)
+    if hu.ndim != 2:
+        raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
+    img = lung_window(hu, window_center, window_width)
+    box = body_box(hu) if body_crop else None
+    if box is not None:
+        img = square_crop(img, box, CROP_MARGIN)
+    small = resize(img, (int(input_size[0]), int(input_size[1])))
+    out = (np.broadcast_to(small, (3, *small.shape)) - _channel_vector(mean, "mean")) / (
+        _channel_vector(std, "std")
+    )
+    return out.astype(np.float32, copy=False)
+
+
+def hu_batch_to_input(
+    slices: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    mean: Norm,
+    std: Norm,
+    body_crop: bool = True,
+) -> np.ndarray:
+    """Several slices → ``float32 [N, 3, h, w]``; each slice gets its own body crop."""
+    out = np.empty((len(slices), 3, int(input_size[0]), int(input_size[1])), dtype=np.float32)
+    for i, hu in enumerate(slices):
+        out[i] = hu_to_input(
+            hu,
+            input_size,
+            window_center=window_center,
+            window_width=window_width,
+            mean=mean,
+            std=std,
+            body_crop=body_crop,
+        )
+    return out

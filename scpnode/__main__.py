@@ -1,0 +1,3 @@
+from scpnode.cli import main
+
+raise SystemExit(main())

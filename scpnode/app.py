@@ -1,0 +1,100 @@
+"""Composition helpers shared by `serve`, `worker` and `demo`: build things once, pass them down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from model_zoo.card import ModelCard, load_card
+from scpnode import __version__, scope
+from scpnode.clock import utcnow
+from scpnode.config import Settings
+from scpnode.db import Database
+from scpnode.delivery import Deliverer, RetryPolicy
+from scpnode.domain import NodeIdentity
+from scpnode.uids import node_device_uid
+
+
+class StartupError(Exception):
+    """The node must not start as configured; the message says which key to change."""
+
+
+def node_identity(settings: Settings) -> NodeIdentity:
+    device_uid = settings.node.device_uid or node_device_uid(settings.node.ae_title)
+    return NodeIdentity(
+        ae_title=settings.node.ae_title, device_uid=device_uid, software_version=__version__
+    )
+
+
+def resolve_weights(settings: Settings, *, train: bool, log: Callable[[str], None] = print) -> Path:
+    """The configured weights, or the reproducible synthetic demo weights (trained if allowed)."""
+    if settings.model.weights is not None:
+        if not settings.model.weights.exists():
+            raise StartupError(f"model.weights: file not found: {settings.model.weights}")
+        return settings.model.weights
+    from scpnode import demo_weights  # torch and the synthetic trainer load only when needed
+
+    if train:
+        return demo_weights.ensure_demo_weights(log=log)
+    path = demo_weights.demo_weights_path(demo_weights.default_cache_dir())
+    if not path.exists():
+        raise StartupError(
+            "model.weights is empty and the synthetic demo weights are not built yet: "
+            "run `scpnode models train --synthetic` (or `scpnode serve`, which builds them)"
+        )
+    return path
+
+
+def check_model_policy(settings: Settings, card: ModelCard) -> None:
+    """No synthetic finding may reach a real PACS by accident."""
+    if card.synthetic and settings.destinations and not settings.model.allow_synthetic:
+        raise StartupError(
+            "model.allow_synthetic: the model in use has SYNTHETIC demo weights (not trained on "
+            "patient data) and destinations are configured; set model.weights to real weights, "
+            "or model.allow_synthetic = true for a test setup"
+        )
+    if card.architecture != settings.model.name:
+        raise StartupError(
+            f"model.name: {settings.model.name!r} does not match the weights' card "
+            f"({card.architecture!r})"
+        )
+
+
+def load_checked_card(settings: Settings, weights: Path) -> ModelCard:
+    try:
+        card = load_card(weights)
+    except ValueError as exc:
+        raise StartupError(f"model.weights: {exc}") from None
+    check_model_policy(settings, card)
+    return card
+
+
+def scope_rules(settings: Settings, card: ModelCard) -> scope.ScopeRules:
+    return scope.ScopeRules(
+        chest_keywords=tuple(k.upper() for k in settings.study.chest_keywords),
+        lung_kernels=settings.study.lung_kernels,
+        min_slices=settings.study.min_slices,
+        thickness_range_mm=(float(card.slice_thickness_mm[0]), float(card.slice_thickness_mm[1])),
+    )
+
+
+def open_database(settings: Settings) -> Database:
+    db = Database(settings.database.url)
+    db.upgrade()
+    return db
+
+
+def make_deliverer(db: Database, settings: Settings) -> Deliverer:
+    policy = RetryPolicy(
+        initial_s=settings.delivery.retry_initial_s, max_s=settings.delivery.retry_max_s
+    )
+    from scpnode.send import store_file
+
+    timeout = settings.delivery.timeout_s
+    return Deliverer(
+        db,
+        settings.node.ae_title,
+        policy,
+        utcnow,
+        sender=lambda path, peer: store_file(path, peer, settings.node.ae_title, timeout),
+    )

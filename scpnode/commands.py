@@ -1,0 +1,318 @@
+"""The subcommands: parse → build the few objects each needs → act. Heavy imports stay lazy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scpnode.cli import EXIT_FAILURE, EXIT_OK, UsageError, print_json, settings_from
+from scpnode.tables import print_table
+
+Adder = Any  # argparse's private _SubParsersAction
+WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def register(sub: Adder, with_config: WithConfig) -> None:
+    with_config(sub.add_parser("serve", help="SCP + completion + workers + delivery")).set_defaults(
+        handler=cmd_serve
+    )
+    p = with_config(sub.add_parser("worker", help="workers and delivery only (scale-out)"))
+    p.add_argument("--burst", action="store_true", help="drain queued work, then exit")
+    p.set_defaults(handler=cmd_worker)
+    p = sub.add_parser("demo", help="self-contained run on synthetic studies")
+    p.add_argument("--studies", type=int, default=2)
+    p.add_argument("--slices", type=int, default=48)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--keep", type=Path, default=None, help="keep the run's files in this folder")
+    p.set_defaults(handler=cmd_demo)
+    _register_data(sub)
+    _register_audit(sub, with_config)
+    _register_models(sub)
+    p = with_config(sub.add_parser("echo", help="C-ECHO a configured destination"))
+    p.add_argument("--destination", default=None)
+    p.set_defaults(handler=cmd_echo)
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    with_config(db.add_parser("upgrade", help="create or migrate the schema")).set_defaults(
+        handler=cmd_db_upgrade
+    )
+
+
+def _register_data(sub: Adder) -> None:
+    p = sub.add_parser("synth", help="write synthetic CT studies and ground_truth.csv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--studies", type=_positive, default=4)
+    p.add_argument("--slices", type=_positive, default=60)
+    p.add_argument("--covid-fraction", type=_fraction, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_synth)
+    p = sub.add_parser("simulate", help="a scanner: send synthetic studies over C-STORE")
+    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    p.add_argument("--called-aet", default="SCPNODE")
+    p.add_argument("--calling-aet", default="SIMSCANNER")
+    p.add_argument("--studies", type=_positive, default=2)
+    p.add_argument("--slices", type=_positive, default=60)
+    p.add_argument("--covid-fraction", type=_fraction, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_simulate)
+
+
+def _register_audit(sub: Adder, with_config: WithConfig) -> None:
+    audit = sub.add_parser("audit", help="what happened, and why").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    p = with_config(audit.add_parser("studies", help="one row per study"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_audit_studies)
+    p = with_config(audit.add_parser("show", help="one study in full"))
+    p.add_argument("study_uid", metavar="STUDY_UID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_audit_show)
+    p = with_config(audit.add_parser("events", help="audit events, oldest first"))
+    p.add_argument("--study", default=None, metavar="UID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_audit_events)
+    with_config(audit.add_parser("verify", help="check the audit hash chain")).set_defaults(
+        handler=cmd_audit_verify
+    )
+
+
+def _register_models(sub: Adder) -> None:
+    models = sub.add_parser("models", help="the model zoo").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION"
+    )
+    p = models.add_parser("list", help="architectures, input sizes, weights status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_models_list)
+    p = models.add_parser("train", help="train weights (this release: --synthetic demo weights)")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        required=True,
+        help="CTnet-10 on synthetic phantoms, cached outside git",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(handler=cmd_models_train)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+# --- handlers ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scpnode.node import Node
+
+    return Node(settings_from(args)).run_until_signal()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from scpnode.worker import build_worker
+
+    worker = build_worker(settings_from(args))
+    if args.burst:
+        worker.run_burst()
+        return EXIT_OK
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.run(stop)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scpnode.demo import run_demo
+
+    return run_demo(studies=args.studies, slices=args.slices, seed=args.seed, keep=args.keep)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from scpnode.synth import synth
+
+    specs = synth(
+        args.out,
+        studies=args.studies,
+        slices=args.slices,
+        covid_fraction=args.covid_fraction,
+        seed=args.seed,
+    )
+    print(
+        f"wrote {len(specs)} synthetic studies to {args.out} (ground truth: "
+        f"{args.out / 'ground_truth.csv'})"
+    )
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from scpnode.simulate import parse_address, simulate
+
+    host, port = parse_address(args.to)
+    report = simulate(
+        host,
+        port,
+        called_aet=args.called_aet,
+        calling_aet=args.calling_aet,
+        studies=args.studies,
+        slices=args.slices,
+        covid_fraction=args.covid_fraction,
+        seed=args.seed,
+    )
+    for line in report.lines():
+        print(line)
+    return EXIT_OK if report.all_stored else EXIT_FAILURE
+
+
+def _session(args: argparse.Namespace) -> Any:
+    from scpnode.app import open_database
+
+    return open_database(settings_from(args)).session()
+
+
+def cmd_audit_studies(args: argparse.Namespace) -> int:
+    from scpnode.audit_views import list_studies
+
+    with _session(args) as session:
+        rows = list_studies(session)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    print_table(
+        rows,
+        [
+            ("study_instance_uid", "STUDY"),
+            ("calling_aet", "FROM"),
+            ("received_instances", "N"),
+            ("status", "STATUS"),
+            ("label", "LABEL"),
+            ("probability", "P"),
+            ("model", "MODEL"),
+            ("deliveries", "DELIVERIES"),
+        ],
+    )
+    return EXIT_OK
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from scpnode.audit_views import show_study
+    from scpnode.tables import print_study
+
+    with _session(args) as session:
+        study = show_study(session, args.study_uid)
+    if study is None:
+        print(f"scpnode: no study {args.study_uid}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print_json(study)
+    else:
+        print_study(study)
+    return EXIT_OK
+
+
+def cmd_audit_events(args: argparse.Namespace) -> int:
+    from scpnode.audit_views import list_events
+
+    with _session(args) as session:
+        events = list_events(session, args.study)
+    if args.json:
+        print_json(events)
+    else:
+        print_table(
+            events,
+            [
+                ("seq", "SEQ"),
+                ("ts", "TIME"),
+                ("kind", "EVENT"),
+                ("study_instance_uid", "STUDY"),
+                ("detail", "DETAIL"),
+            ],
+        )
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from scpnode.audit import verify_chain
+
+    with _session(args) as session:
+        check = verify_chain(session)
+    if check.ok:
+        print(f"audit chain intact: {check.events} events")
+        return EXIT_OK
+    print(
+        f"audit chain BROKEN at event {check.first_broken_seq}: {check.problem} "
+        f"({check.events} events verified before it)"
+    )
+    return EXIT_FAILURE
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from scpnode.models_cli import model_rows
+
+    rows = model_rows()
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            rows,
+            [
+                ("name", "NAME"),
+                ("input_size", "INPUT"),
+                ("parameters", "PARAMS"),
+                ("weights", "WEIGHTS"),
+            ],
+        )
+    return EXIT_OK
+
+
+def cmd_models_train(args: argparse.Namespace) -> int:
+    from scpnode.models_cli import train_synthetic
+
+    train_synthetic(seed=args.seed, force=args.force)
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from scpnode.send import Outcome, Peer, echo
+
+    settings = settings_from(args)
+    destinations = [
+        d for d in settings.destinations if args.destination is None or d.name == args.destination
+    ]
+    if not destinations:
+        raise UsageError(
+            f"destinations: no destination named {args.destination!r}"
+            if args.destination
+            else "destinations: none configured"
+        )
+    failed = 0
+    for dest in destinations:
+        result = echo(Peer(dest.ae_title, dest.host, dest.port), settings.node.ae_title)
+        print(f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): {result.detail}")
+        failed += result.outcome != Outcome.DELIVERED
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from scpnode.app import open_database
+
+    settings = settings_from(args)
+    open_database(settings).dispose()
+    print(f"database at the current schema: {settings.database.url}")
+    return EXIT_OK

@@ -1,0 +1,263 @@
+"""One frozen, validated settings object: TOML file + ``SCPNODE_<SECTION>__<KEY>`` overrides.
+
+The contract (DESIGN §5): unknown keys are errors, relative paths are relative to the config
+file (the working directory without one), and a bad value names its key. Sections and keys
+beyond the contract are additions; a key never changes meaning once it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "SCPNODE_"
+CONFIG_ENV = "SCPNODE_CONFIG"
+
+AeTitle = Annotated[
+    str,
+    Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*\S[\x20-\x5b\x5d-\x7e]*$"),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the key (exit status 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    ae_title: AeTitle = "SCPNODE"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    allowed_calling_aets: tuple[AeTitle, ...] = ()
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    accept_all_storage: bool = True
+    # additions
+    device_uid: str = ""  # empty: derived from the AE title (stable per node)
+    max_pdu: int = Field(default=262144, ge=0)  # 0: unlimited
+    network_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class StorageSettings(_Section):
+    spool_dir: Path = Path("var/spool")
+    min_free_mb: int = Field(default=1024, ge=0)
+    fsync: bool = False
+    # additions
+    outbox_dir: Path | None = None  # default: <spool_dir>/../outbox
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/scpnode.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("must start with sqlite:// or postgresql")
+        return value
+
+
+class StudySettings(_Section):
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    # additions
+    association_grace_s: float = Field(default=2.0, ge=0)
+    min_slices: int = Field(default=10, ge=1)
+    chest_keywords: tuple[str, ...] = ("CHEST", "THORA", "LUNG", "PULM")
+    lung_kernels: tuple[str, ...] = (
+        "LUNG",
+        r"^B[LR]?[5-9]\d",
+        r"^I[5-9]\d",
+        r"^FC[58]\d",
+        r"^L$",
+        r"^Y[A-D]$",
+        "BONEPLUS",
+    )
+
+    @field_validator("lung_kernels")
+    @classmethod
+    def _valid_patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
+
+
+class ModelSettings(_Section):
+    name: str = "ctnet10"
+    weights: Path | None = None  # empty string in TOML: the reproducible demo weights
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    allow_synthetic: bool = False
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # additions
+    aggregation: Literal["mean_top_fraction", "max", "mean"] = "mean_top_fraction"
+    top_fraction: float = Field(default=0.10, gt=0.0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    key_slices: int = Field(default=5, ge=1, le=50)
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _empty_is_demo(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+
+class DeliverySettings(_Section):
+    max_age_h: float = Field(default=24.0, gt=0)
+    # additions
+    retry_initial_s: float = Field(default=5.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class Destination(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: AeTitle
+    host: str
+    port: Port
+
+
+class WorkerSettings(_Section):
+    """Addition: the inference/delivery process(es) that `serve` starts beside the SCP."""
+
+    processes: int = Field(default=1, ge=0, le=64)
+    lease_s: float = Field(default=300.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+
+class WebSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class Settings(_Section):
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    study: StudySettings = StudySettings()
+    model: ModelSettings = ModelSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    destinations: tuple[Destination, ...] = ()
+    worker: WorkerSettings = WorkerSettings()
+    web: WebSettings = WebSettings()
+    # where relative paths were resolved from; not a TOML key
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError("destinations: names must be unique")
+        return self
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.storage.outbox_dir or self.storage.spool_dir.parent / "outbox"
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read `path` (or ``$SCPNODE_CONFIG``, or nothing) and apply environment overrides."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        raw = _read_toml(path)
+        base = path.resolve().parent
+    _apply_env(raw, env)
+    if "source" in raw:
+        raise ConfigError("source: unknown key")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    return _resolve_paths(settings, base, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """``SCPNODE_NODE__PORT=11112`` sets ``[node] port``; ``SCPNODE_DESTINATIONS`` a TOML array."""
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        value = _parse_env_value(text)
+        if len(parts) == 1 and parts[0] == "destinations":
+            raw["destinations"] = value
+        elif len(parts) == 2 and all(parts):
+            section = raw.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name}: [{parts[0]}] is not a section")
+            section[parts[1]] = value
+        else:
+            raise ConfigError(f"{name}: expected SCPNODE_<SECTION>__<KEY>")
+
+
+def _parse_env_value(text: str) -> Any:
+    """Numbers, booleans, arrays and inline tables in TOML syntax; anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Settings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    storage = settings.storage.model_copy(
+        update={
+            "spool_dir": resolve(settings.storage.spool_dir),
+            "outbox_dir": resolve(settings.storage.outbox_dir)
+            if settings.storage.outbox_dir
+            else None,
+        }
+    )
+    model = settings.model.model_copy(
+        update={"weights": resolve(settings.model.weights) if settings.model.weights else None}
+    )
+    database = settings.database.model_copy(
+        update={"url": _resolve_sqlite(settings.database.url, base)}
+    )
+    return settings.model_copy(
+        update={"storage": storage, "model": model, "database": database, "source": source}
+    )
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == "sqlite:///:memory:":
+        return url
+    rest = url[len(prefix) :]
+    if rest.startswith("/"):
+        return url
+    return prefix + str(base / rest)

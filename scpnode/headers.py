@@ -1,0 +1,124 @@
+"""The header summary of one received instance: what scope rules and series selection need.
+
+Read once at reception (without pixel data) and kept in the instance row, so deciding what to
+analyse never re-reads hundreds of files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+OWN_MANUFACTURER = "scpnode"
+
+
+class UnreadableDataset(ValueError):
+    """The bytes are not a DICOM dataset we can parse."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    modality: str = ""
+    body_part: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    image_type: str = ""
+    kernel: str = ""
+    slice_thickness: float | None = None
+    orientation: str = ""
+    position: str = ""
+    instance_number: int | None = None
+    number_of_frames: int = 1
+    is_own: bool = False
+
+    def row_fields(self) -> dict[str, Any]:
+        """Column values for `InstanceRow` (UIDs are set by the caller)."""
+        skip = {"study_uid", "series_uid", "sop_uid"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse the file up to the pixel data; raise `UnreadableDataset` with the reason."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return summarise(ds)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from exc
+
+
+def summarise(ds: Dataset) -> InstanceHeader:
+    meta = getattr(ds, "file_meta", None)
+    return InstanceHeader(
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        transfer_syntax_uid=_text(meta, "TransferSyntaxUID") if meta is not None else "",
+        patient_id=_text(ds, "PatientID")[:64],
+        modality=_text(ds, "Modality")[:16],
+        body_part=_text(ds, "BodyPartExamined")[:64],
+        study_description=_text(ds, "StudyDescription")[:64],
+        series_description=_text(ds, "SeriesDescription")[:64],
+        protocol_name=_text(ds, "ProtocolName")[:64],
+        image_type=_multi(ds, "ImageType")[:128],
+        kernel=_multi(ds, "ConvolutionKernel")[:64],
+        slice_thickness=_float(ds, "SliceThickness"),
+        orientation=_multi(ds, "ImageOrientationPatient")[:128],
+        position=_multi(ds, "ImagePositionPatient")[:128],
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames") or 1,
+        is_own=is_own_object(ds),
+    )
+
+
+def is_own_object(ds: Dataset) -> bool:
+    """Objects an scpnode made carry it in Contributing Equipment; they never trigger work."""
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if str(item.get("Manufacturer", "")).strip().lower() == OWN_MANUFACTURER:
+            return True
+    return False
+
+
+def _text(ds: Dataset | None, keyword: str) -> str:
+    value = ds.get(keyword) if ds is not None else None
+    return "" if value is None else str(value).strip()
+
+
+def _multi(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, str | bytes):
+        return str(value).strip()
+    try:
+        return "\\".join(str(v).strip() for v in value)
+    except TypeError:
+        return str(value).strip()
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None

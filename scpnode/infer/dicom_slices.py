@@ -1,0 +1,109 @@
+"""DICOM CT slices → Hounsfield-unit arrays in anatomical order.
+
+Pixels are decoded by pydicom's plugins (gdcm, pyjpegls, openjpeg, rle are installed for the
+compressed syntaxes scanners use), converted to HU with the modality LUT (rescale slope and
+intercept, or a LUT), and ordered by position along the slice normal — not by file name or
+InstanceNumber, which scanners number in either direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+
+class SliceReadError(Exception):
+    """A file that cannot become an HU slice; ``reason`` says why (for the not-analysed SR)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=False)
+class SliceHU:
+    """One decoded slice. ``z`` is the position along the slice normal in mm (the
+    InstanceNumber when the file carries no usable geometry)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    z: float
+    hu: np.ndarray
+
+
+def normal_position(ds: Dataset) -> float | None:
+    """ImagePositionPatient projected on the slice normal (row x column cosines), or None."""
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+        return None
+    cosines = np.asarray(iop, dtype=np.float64)
+    normal = np.cross(cosines[:3], cosines[3:])
+    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
+        return None
+    return float(np.dot(np.asarray(ipp, dtype=np.float64), normal))
+
+
+def _instance_number(ds: Dataset) -> float:
+    try:
+        return float(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _decode_hu(ds: Dataset, path: Path) -> np.ndarray:
+    """Decode the pixel data and apply the modality LUT; failures become SliceReadError."""
+    if "PixelData" not in ds:
+        raise SliceReadError(path, "no pixel data")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise SliceReadError(path, "multi-frame image (Enhanced CT is not analysed yet)")
+    syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many kinds (RuntimeError, ValueError, ...)
+        name = getattr(syntax, "name", str(syntax))
+        raise SliceReadError(path, f"cannot decode pixel data ({name}): {exc}") from exc
+    if pixels.ndim != 2:
+        raise SliceReadError(path, f"expected a 2-D greyscale image, got shape {pixels.shape}")
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+def _read_one(path: Path | str) -> tuple[SliceHU, float | None, float]:
+    """One file → (slice, geometric position or None, InstanceNumber)."""
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise SliceReadError(path, f"not a readable DICOM file: {exc}") from exc
+    hu = _decode_hu(ds, path)
+    position, number = normal_position(ds), _instance_number(ds)
+    item = SliceHU(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        path=path,
+        z=number if position is None else position,
+        hu=hu,
+    )
+    return item, position, number
+
+
+def read_slices_hu(paths: Iterable[Path | str]) -> list[SliceHU]:
+    """Read, decode and order slices along the slice normal (InstanceNumber as fallback).
+
+    Geometry is used only when every slice has it, so a series is never half-sorted by one
+    key and half by another.
+    """
+    read = [_read_one(p) for p in paths]
+    if all(position is not None for _, position, _ in read):
+        read.sort(key=lambda r: (r[1], r[2], str(r[0].path)))
+        return [item for item, _, _ in read]
+    read.sort(key=lambda r: (r[2], str(r[0].path)))
+    return [replace(item, z=number) for item, _, number in read]

@@ -1,0 +1,404 @@
+"""Turns SCP records into audit rows, off the association threads, in small batches.
+
+The recorder thread is the only writer of association and instance rows in an SCP process.
+If the process dies with records still queued, the files are already in the spool and
+`reconcile` puts them back in the database at the next start (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from scpnode import audit
+from scpnode.clock import utcnow
+from scpnode.db import Database
+from scpnode.db.models import AssociationRow, InstanceRow, SrRow, StudyRow
+from scpnode.domain import AssociationOutcome, AuditKind, StudyState
+from scpnode.headers import UnreadableDataset, read_header
+from scpnode.receive.records import (
+    AssociationClosed,
+    AssociationOpened,
+    AssociationRejected,
+    InstanceReceived,
+    InstanceRefused,
+    Record,
+)
+from scpnode.spool import Spool, StoreKind, file_sha256
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class Recorder:
+    """A queue plus one thread that applies records to the database in batches."""
+
+    def __init__(self, db: Database, batch_size: int = 200) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._assoc_ids: dict[int, int] = {}
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, record: Record) -> None:
+        self._queue.put(record)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything submitted so far is in the database."""
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Apply everything queued, then end the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not _STOP and not isinstance(r, threading.Event)]
+            if records:
+                self._apply_batch(records)  # type: ignore[arg-type]
+            for marker in batch:
+                if isinstance(marker, threading.Event):
+                    marker.set()
+            if any(r is _STOP for r in batch):
+                return
+
+    def _apply_batch(self, records: list[Record]) -> None:
+        try:
+            with self.db.session() as session:
+                for record in records:
+                    self.apply(session, record)
+        except Exception:
+            log.exception("batch failed; applying records one by one")
+            for record in records:
+                try:
+                    with self.db.session() as session:
+                        self.apply(session, record)
+                except Exception:
+                    log.exception("record lost to the database (reconciled at next start)")
+
+    def apply(self, session: Session, record: Record) -> None:
+        if isinstance(record, AssociationOpened):
+            self._opened(session, record)
+        elif isinstance(record, AssociationClosed):
+            self._closed(session, record)
+        elif isinstance(record, AssociationRejected):
+            _rejected(session, record)
+        elif isinstance(record, InstanceReceived):
+            record_instance(session, record, self._assoc_ids.get(record.key))
+        elif isinstance(record, InstanceRefused):
+            _refused(session, record, self._assoc_ids.get(record.key))
+
+    def _opened(self, session: Session, rec: AssociationOpened) -> None:
+        row = AssociationRow(
+            calling_aet=rec.calling_aet,
+            called_aet=rec.called_aet,
+            peer_host=rec.peer_host,
+            peer_port=rec.peer_port,
+            started_at=rec.at,
+            outcome=AssociationOutcome.OPEN,
+            instances=0,
+            failures=0,
+            bytes=0,
+        )
+        session.add(row)
+        session.flush()
+        self._assoc_ids[rec.key] = row.id
+        audit.append(
+            session,
+            AuditKind.ASSOCIATION_ACCEPTED,
+            association_id=row.id,
+            now=rec.at,
+            calling_aet=rec.calling_aet,
+            called_aet=rec.called_aet,
+            peer=f"{rec.peer_host}:{rec.peer_port}",
+        )
+        if rec.rejected_contexts:
+            audit.append(
+                session,
+                AuditKind.CONTEXT_REJECTED,
+                association_id=row.id,
+                now=rec.at,
+                contexts=list(rec.rejected_contexts),
+            )
+
+    def _closed(self, session: Session, rec: AssociationClosed) -> None:
+        assoc_id = self._assoc_ids.pop(rec.key, None)
+        if assoc_id is None:
+            return
+        row = session.get(AssociationRow, assoc_id)
+        if row is None:
+            return
+        row.ended_at, row.outcome = rec.at, rec.outcome
+        kind = (
+            AuditKind.ASSOCIATION_RELEASED
+            if rec.outcome == AssociationOutcome.RELEASED
+            else AuditKind.ASSOCIATION_ABORTED
+        )
+        audit.append(
+            session,
+            kind,
+            association_id=assoc_id,
+            now=rec.at,
+            instances=row.instances,
+            failures=row.failures,
+            bytes=row.bytes,
+        )
+        _summarise_association(session, assoc_id, rec.at)
+
+
+def _summarise_association(session: Session, assoc_id: int, at: datetime) -> None:
+    """One event per study and association: which series arrived, how many instances."""
+    rows = session.execute(
+        select(StudyRow.study_instance_uid, InstanceRow.series_instance_uid)
+        .join(StudyRow, StudyRow.id == InstanceRow.study_id)
+        .where(InstanceRow.association_id == assoc_id)
+    ).all()
+    per_study: dict[str, Counter[str]] = {}
+    for study_uid, series_uid in rows:
+        per_study.setdefault(study_uid, Counter())[series_uid] += 1
+    for study_uid, series in per_study.items():
+        audit.append(
+            session,
+            AuditKind.INSTANCE_STORED,
+            study_uid=study_uid,
+            association_id=assoc_id,
+            now=at,
+            series=dict(series),
+        )
+
+
+def _rejected(session: Session, rec: AssociationRejected) -> None:
+    row = AssociationRow(
+        calling_aet=rec.calling_aet,
+        called_aet=rec.called_aet,
+        peer_host=rec.peer_host,
+        peer_port=rec.peer_port,
+        started_at=rec.at,
+        ended_at=rec.at,
+        outcome=AssociationOutcome.REJECTED,
+        instances=0,
+        failures=0,
+        bytes=0,
+        detail=f"{rec.reason} (result {rec.result}, source {rec.source}, "
+        f"diagnostic {rec.diagnostic})",
+    )
+    session.add(row)
+    session.flush()
+    audit.append(
+        session,
+        AuditKind.ASSOCIATION_REJECTED,
+        association_id=row.id,
+        now=rec.at,
+        calling_aet=rec.calling_aet,
+        called_aet=rec.called_aet,
+        reason=rec.reason,
+        result=rec.result,
+        source=rec.source,
+        diagnostic=rec.diagnostic,
+    )
+
+
+def _refused(session: Session, rec: InstanceRefused, assoc_id: int | None) -> None:
+    if assoc_id is not None:
+        session.execute(
+            update(AssociationRow)
+            .where(AssociationRow.id == assoc_id)
+            .values(failures=AssociationRow.failures + 1)
+        )
+    audit.append(
+        session,
+        AuditKind.INSTANCE_REJECTED,
+        study_uid=rec.study_uid,
+        association_id=assoc_id,
+        now=rec.at,
+        calling_aet=rec.calling_aet,
+        sop_instance_uid=rec.sop_instance_uid,
+        sop_class_uid=rec.sop_class_uid,
+        status=f"0x{rec.status:04X}",
+        reason=rec.reason,
+    )
+
+
+def record_instance(session: Session, rec: InstanceReceived, assoc_id: int | None) -> None:
+    """Upsert the instance and move its study's state (new data reopens a finished study)."""
+    header = rec.header
+    is_own = header.is_own or _is_our_sr(session, header.sop_uid)
+    study = _study_for(session, header.study_uid, rec, is_own)
+    row = session.scalar(select(InstanceRow).where(InstanceRow.sop_instance_uid == header.sop_uid))
+    if assoc_id is not None and rec.kind != StoreKind.DUPLICATE:
+        session.execute(
+            update(AssociationRow)
+            .where(AssociationRow.id == assoc_id)
+            .values(instances=AssociationRow.instances + 1, bytes=AssociationRow.bytes + rec.size)
+        )
+    if row is not None and rec.kind == StoreKind.DUPLICATE:
+        audit.append(
+            session,
+            AuditKind.INSTANCE_DUPLICATE,
+            study_uid=header.study_uid,
+            association_id=assoc_id,
+            now=rec.at,
+            sop_instance_uid=header.sop_uid,
+        )
+        return
+    fields = {**header.row_fields(), "is_own": is_own}
+    if row is None:
+        row = InstanceRow(
+            study_id=study.id,
+            series_instance_uid=header.series_uid,
+            sop_instance_uid=header.sop_uid,
+            versions=1,
+            **fields,
+        )
+        session.add(row)
+    else:
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row.versions += 1
+        audit.append(
+            session,
+            AuditKind.INSTANCE_REPLACED,
+            study_uid=header.study_uid,
+            association_id=assoc_id,
+            now=rec.at,
+            sop_instance_uid=header.sop_uid,
+            kept_aside=rec.kept_aside,
+        )
+    row.association_id, row.calling_aet, row.path = assoc_id, rec.calling_aet, rec.path
+    row.bytes, row.sha256, row.received_at = rec.size, rec.sha256, rec.at
+    if is_own:
+        audit.append(
+            session,
+            AuditKind.OWN_OBJECT_RECEIVED,
+            study_uid=header.study_uid,
+            association_id=assoc_id,
+            now=rec.at,
+            sop_instance_uid=header.sop_uid,
+        )
+    else:
+        _touch_study(session, study, rec.at, assoc_id)
+
+
+def _is_our_sr(session: Session, sop_uid: str) -> bool:
+    return session.scalar(select(SrRow.id).where(SrRow.sop_instance_uid == sop_uid)) is not None
+
+
+def _study_for(session: Session, study_uid: str, rec: InstanceReceived, is_own: bool) -> StudyRow:
+    study = session.scalar(select(StudyRow).where(StudyRow.study_instance_uid == study_uid))
+    if study is None:
+        state = StudyState.IGNORED if is_own else StudyState.RECEIVING
+        study = StudyRow(
+            study_instance_uid=study_uid,
+            state=state,
+            first_calling_aet=rec.calling_aet,
+            first_received_at=rec.at,
+            last_received_at=rec.at,
+            state_changed_at=rec.at,
+            reason="only objects created by scpnode" if is_own else None,
+        )
+        session.add(study)
+        session.flush()
+    return study
+
+
+def _touch_study(session: Session, study: StudyRow, at: datetime, assoc_id: int | None) -> None:
+    study.last_received_at = max(study.last_received_at, at)
+    if study.state != StudyState.RECEIVING:
+        audit.append(
+            session,
+            AuditKind.STUDY_REOPENED,
+            study_uid=study.study_instance_uid,
+            association_id=assoc_id,
+            now=at,
+            previous_state=study.state,
+        )
+        study.state, study.state_changed_at, study.reason = StudyState.RECEIVING, at, None
+    session.flush()
+
+
+def reconcile(db: Database, spool: Spool) -> int:
+    """Put spool files without an instance row back into the database; close stale associations."""
+    now = utcnow()
+    with db.session() as session:
+        stale = session.scalars(
+            select(AssociationRow).where(AssociationRow.outcome == AssociationOutcome.OPEN)
+        ).all()
+        for row in stale:
+            row.outcome, row.ended_at = AssociationOutcome.ABORTED, now
+            audit.append(
+                session,
+                AuditKind.ASSOCIATION_ABORTED,
+                association_id=row.id,
+                now=now,
+                reason="node stopped before the association ended",
+            )
+    added = 0
+    for study_dir in _study_dirs(spool):
+        added += _reconcile_study(db, study_dir)
+    return added
+
+
+def _study_dirs(spool: Spool) -> list[Path]:
+    if not spool.root.exists():
+        return []
+    return [p for p in spool.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _reconcile_study(db: Database, study_dir: Path) -> int:
+    with db.session() as session:
+        known = set(
+            session.scalars(
+                select(InstanceRow.path)
+                .join(StudyRow, StudyRow.id == InstanceRow.study_id)
+                .where(StudyRow.study_instance_uid == study_dir.name)
+            )
+        )
+        added = 0
+        for path in sorted(study_dir.glob("*/*.dcm")):
+            if str(path) in known:
+                continue
+            try:
+                header = read_header(path)
+            except UnreadableDataset:
+                log.error("spool file unreadable, left in place", extra={"path": str(path)})
+                continue
+            digest, size = file_sha256(path)
+            rec = InstanceReceived(
+                key=0,
+                calling_aet="",
+                header=header,
+                kind=StoreKind.STORED,
+                path=str(path),
+                sha256=digest,
+                size=size,
+                at=utcnow(),
+            )
+            record_instance(session, rec, None)
+            audit.append(
+                session,
+                AuditKind.INSTANCE_RECONCILED,
+                study_uid=header.study_uid,
+                sop_instance_uid=header.sop_uid,
+            )
+            added += 1
+        return added

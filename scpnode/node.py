@@ -1,0 +1,160 @@
+"""`scpnode serve`: the SCP process, its timers, and the worker processes it supervises.
+
+The SCP and inference run in separate processes (the GIL): this process receives, records and
+decides completion; `scpnode worker` children claim jobs and deliver. A child that dies is
+restarted; its job's lease expires and another claim takes it over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from scpnode import audit
+from scpnode.app import load_checked_card, node_identity, open_database, resolve_weights
+from scpnode.clock import utcnow
+from scpnode.config import Settings
+from scpnode.domain import AuditKind
+from scpnode.ingest import Recorder, reconcile
+from scpnode.receive.server import ReceiveServer
+from scpnode.schedule import Scheduler
+from scpnode.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """`scpnode worker` subprocesses, restarted when they die, stopped by PID."""
+
+    def __init__(self, count: int, config: Path | None) -> None:
+        self.count = count
+        self.command = [sys.executable, "-m", "scpnode", "worker"]
+        if config is not None:
+            self.command += ["--config", str(config)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+
+    def start(self) -> None:
+        self.procs = [self._spawn() for _ in range(self.count)]
+        self._monitor.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.command)
+        log.info("worker started", extra={"pid": proc.pid})
+        return proc
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                code = proc.poll()
+                if code is None or self._stopping.is_set():
+                    continue
+                log.error(
+                    "worker exited; restarting",
+                    extra={"pid": proc.pid, "code": code, "delay_s": backoff},
+                )
+                if self._stopping.wait(backoff):
+                    return
+                self.procs[i] = self._spawn()
+                backoff = min(backoff * 2, 60.0)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM (warm: the job in hand finishes), then SIGKILL whatever is left."""
+        self._stopping.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Node:
+    """Everything `serve` runs; `demo` and system tests drive the same object."""
+
+    def __init__(self, settings: Settings, *, say: object = print) -> None:
+        self.settings = settings
+        self.say = say
+        self.spool = Spool(
+            settings.storage.spool_dir,
+            min_free_mb=settings.storage.min_free_mb,
+            fsync=settings.storage.fsync,
+        )
+        self.db = open_database(settings)
+        self.recorder = Recorder(self.db)
+        self.scp = ReceiveServer(settings.node, self.spool, self.recorder.submit)
+        self.scheduler = Scheduler(self.db, settings, self.spool, utcnow)
+        self.workers = WorkerPool(settings.worker.processes, settings.source)
+        self.port: int | None = None
+
+    def prepare(self) -> None:
+        """Check the model policy, build demo weights if needed, reconcile spool and DB."""
+        weights = resolve_weights(self.settings, train=True, log=self.say)  # type: ignore[arg-type]
+        card = load_checked_card(self.settings, weights)
+        if card.synthetic:
+            self.say(  # type: ignore[operator]
+                "NOTE: serving SYNTHETIC demo weights (trained on generated phantoms, "
+                "not on patient data): results are not clinical."
+            )
+        self.spool.prepare()
+        self.settings.outbox_dir.mkdir(parents=True, exist_ok=True)
+        added = reconcile(self.db, self.spool)
+        if added:
+            log.warning("spool files reconciled into the database", extra={"instances": added})
+
+    def start(self, port: int | None = None) -> int:
+        self.recorder.start()
+        self.port = self.scp.start(port=port)
+        self.scheduler.start()
+        self.workers.start()
+        with self.db.session() as session:
+            audit.append(
+                session,
+                AuditKind.NODE_STARTED,
+                ae_title=self.settings.node.ae_title,
+                port=self.port,
+                pid=os.getpid(),
+                device_uid=node_identity(self.settings).device_uid,
+            )
+        return self.port
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight stores, record them, stop timers and workers."""
+        self.scp.stop()
+        self.recorder.stop()
+        self.scheduler.stop()
+        self.workers.stop()
+        with self.db.session() as session:
+            audit.append(session, AuditKind.NODE_STOPPED, pid=os.getpid())
+        self.db.dispose()
+
+    def run_until_signal(self) -> int:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        self.prepare()
+        port = self.start()
+        log.info(
+            "node serving",
+            extra={
+                "ae_title": self.settings.node.ae_title,
+                "port": port,
+                "workers": self.settings.worker.processes,
+            },
+        )
+        stop.wait()
+        log.info("stopping: no new associations; finishing in-flight stores")
+        self.stop()
+        return 0

@@ -1,0 +1,53 @@
+"""A minimal PACS for the demo: a storage SCP that files what it receives on disk.
+
+Real integration tests use Orthanc; this stand-in lets `scpnode demo` run with nothing but
+this repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from scpnode.receive.handlers import assoc_socket, disable_nagle
+
+
+class PacsStandIn:
+    def __init__(
+        self, root: Path, ae_title: str = "DEMOPACS", *, require_called_aet: bool = False
+    ) -> None:
+        self.root = root
+        self.ae_title = ae_title
+        self.received: list[Path] = []
+        self.answer = 0x0000  # the status to answer with (a test can make it refuse)
+        self._ae = AE(ae_title=ae_title)
+        self._ae.require_called_aet = require_called_aet
+        self._ae.supported_contexts = AllStoragePresentationContexts
+        self._server: Any = None
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        handlers = [
+            (evt.EVT_C_STORE, self._store),
+            (evt.EVT_CONN_OPEN, lambda e: disable_nagle(assoc_socket(e.assoc))),
+        ]
+        self._server = self._ae.start_server((host, port), block=False, evt_handlers=handlers)
+        return int(self._server.server_address[1])
+
+    def _store(self, event: Any) -> int:
+        if self.answer != 0x0000:
+            return self.answer
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        path = self.root / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        self.received.append(path)
+        return 0x0000
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

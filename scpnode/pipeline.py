@@ -1,0 +1,479 @@
+"""One study job, end to end: scope → select → infer → aggregate → report → outbox.
+
+The SR is built once and written to the outbox before the database says it exists; its UIDs
+are derived from the input, so a job repeated after a crash produces the same SOP Instance UID
+and a PACS never shows two reports for one input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from scpnode import audit, report, scope, uids
+from scpnode.aggregate import aggregate
+from scpnode.config import Settings
+from scpnode.db import Database
+from scpnode.db.models import (
+    DeliveryRow,
+    InstanceRow,
+    ResultRow,
+    SliceScoreRow,
+    SrRow,
+    StudyRow,
+)
+from scpnode.delivery import refresh_study_state
+from scpnode.domain import (
+    AuditKind,
+    DeliveryState,
+    JobState,
+    ModelIdentity,
+    NodeIdentity,
+    SliceScore,
+    StudyResult,
+    StudyState,
+)
+from scpnode.infer.dicom_slices import SliceReadError, read_slices_hu
+from scpnode.infer.engine import LoadedModel, predict
+from scpnode.queue import ClaimedJob, finish_job, settle_study
+from scpnode.spool import file_sha256
+
+log = logging.getLogger(__name__)
+SR_SERIES_NUMBER = 9901
+NOT_ANALYSED_EVIDENCE = 5
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """Everything a job needs, built once per worker process."""
+
+    db: Database
+    settings: Settings
+    model: LoadedModel
+    node: NodeIdentity
+    rules: scope.ScopeRules
+    clock: Callable[[], datetime]
+
+    @property
+    def threshold(self) -> tuple[float, str]:
+        configured = self.settings.model.threshold
+        if configured is not None:
+            return configured, "config"
+        return self.model.card.threshold, "model card"
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    result: StudyResult
+    scores: list[SliceScore]
+    series_uid: str
+    selection: str
+    fingerprint: str
+    seconds: float
+
+
+def process_job(ctx: PipelineContext, job: ClaimedJob) -> None:
+    """Run one claimed job; every outcome ends in a study state and an audit event."""
+    rows = _instances(ctx.db, job.study_id)
+    decision = scope.decide([_info(r) for r in rows], ctx.rules)
+    if decision.verdict == scope.Verdict.IGNORE:
+        _finish_ignored(ctx, job, decision.reason)
+        return
+    if decision.verdict == scope.Verdict.NOT_ANALYSED:
+        ct_rows = [r for r in rows if r.modality == "CT" or r.sop_class_uid in scope.CT_CLASSES]
+        _finish_not_analysed(ctx, job, decision.reason, ct_rows)
+        return
+    selected = [r for r in rows if r.series_instance_uid == decision.series_instance_uid]
+    fingerprint = input_fingerprint(selected)
+    if _unchanged(ctx, job, fingerprint):
+        return
+    with ctx.db.session() as session:
+        audit.append(
+            session,
+            AuditKind.SERIES_SELECTED,
+            study_uid=job.study_uid,
+            now=ctx.clock(),
+            series_instance_uid=decision.series_instance_uid,
+            reason=decision.reason,
+        )
+    try:
+        analysis = _analyse(ctx, selected, decision, fingerprint)
+    except SliceReadError as exc:
+        _finish_not_analysed(ctx, job, f"undecodable pixel data: {exc}", selected)
+        return
+    _finish_analysed(ctx, job, analysis, selected)
+
+
+def input_fingerprint(rows: Sequence[InstanceRow]) -> str:
+    """Same analysed instances with the same bytes → same fingerprint (and SR UID)."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r.sop_instance_uid):
+        digest.update(f"{row.sop_instance_uid}:{row.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _instances(db: Database, study_id: int) -> list[InstanceRow]:
+    with db.session() as session:
+        return list(
+            session.scalars(
+                select(InstanceRow)
+                .where(InstanceRow.study_id == study_id, InstanceRow.is_own.is_(False))
+                .order_by(InstanceRow.id)
+            )
+        )
+
+
+def _info(row: InstanceRow) -> scope.InstanceInfo:
+    return scope.InstanceInfo(
+        sop_instance_uid=row.sop_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        sop_class_uid=row.sop_class_uid,
+        patient_id=row.patient_id,
+        modality=row.modality,
+        body_part=row.body_part,
+        study_description=row.study_description,
+        series_description=row.series_description,
+        protocol_name=row.protocol_name,
+        image_type=row.image_type,
+        kernel=row.kernel,
+        slice_thickness=row.slice_thickness,
+        orientation=row.orientation,
+        position=row.position,
+    )
+
+
+def _unchanged(ctx: PipelineContext, job: ClaimedJob, fingerprint: str) -> bool:
+    """Reprocess only when the analysed series changed or gained instances (DESIGN §7)."""
+    with ctx.db.session() as session:
+        study = session.get(StudyRow, job.study_id)
+        if study is None or study.analysed_fingerprint != fingerprint:
+            return False
+        now = ctx.clock()
+        audit.append(
+            session,
+            AuditKind.STUDY_UNCHANGED,
+            study_uid=job.study_uid,
+            now=now,
+            reason="analysed input unchanged; not reprocessed",
+        )
+        current = (
+            session.get(ResultRow, study.current_result_id) if study.current_result_id else None
+        )
+        not_analysed = current is not None and current.outcome == "not_analysed"
+        state = StudyState.NOT_ANALYSED if not_analysed else StudyState.REPORTED
+        settle_study(session, job.study_id, state, now, current.reason if current else None)
+        refresh_study_state(session, job.study_id)
+        finish_job(session, job.job_id, JobState.DONE, now, "input unchanged")
+    return True
+
+
+def _analyse(
+    ctx: PipelineContext,
+    selected: Sequence[InstanceRow],
+    decision: scope.Decision,
+    fingerprint: str,
+) -> _Analysis:
+    started = time.perf_counter()
+    slices = read_slices_hu([Path(r.path) for r in selected])
+    probs = predict(ctx.model, [s.hu for s in slices], batch_size=ctx.settings.model.batch_size)
+    scores = [
+        SliceScore(s.sop_instance_uid, s.sop_class_uid, i, float(s.z), float(p))
+        for i, (s, p) in enumerate(zip(slices, probs, strict=True))
+    ]
+    threshold, _ = ctx.threshold
+    result = aggregate(
+        scores,
+        threshold=threshold,
+        method=ctx.settings.model.aggregation,
+        top_fraction=ctx.settings.model.top_fraction,
+        key_slices=ctx.settings.model.key_slices,
+    )
+    return _Analysis(
+        result,
+        scores,
+        str(decision.series_instance_uid),
+        decision.reason,
+        fingerprint,
+        time.perf_counter() - started,
+    )
+
+
+def _finish_ignored(ctx: PipelineContext, job: ClaimedJob, reason: str) -> None:
+    with ctx.db.session() as session:
+        now = ctx.clock()
+        settle_study(session, job.study_id, StudyState.IGNORED, now, reason)
+        audit.append(
+            session, AuditKind.STUDY_IGNORED, study_uid=job.study_uid, now=now, reason=reason
+        )
+        finish_job(session, job.job_id, JobState.DONE, now)
+
+
+def _finish_not_analysed(
+    ctx: PipelineContext, job: ClaimedJob, reason: str, rows: Sequence[InstanceRow]
+) -> None:
+    fingerprint = hashlib.sha256(("not-analysed\n" + input_fingerprint(rows)).encode()).hexdigest()
+    if _unchanged(ctx, job, fingerprint):
+        return
+    evidence = [_header(Path(r.path)) for r in rows[:NOT_ANALYSED_EVIDENCE]]
+    with ctx.db.session() as session:
+        now = ctx.clock()
+        sop_uid = uids.sr_instance_uid(job.study_uid, fingerprint, ctx.model.identity.tag)
+        sr = report.build_not_analysed_sr(
+            evidence=evidence,
+            reason=reason,
+            model=ctx.model.identity,
+            node=ctx.node,
+            series_instance_uid=uids.sr_series_uid(job.study_uid, ctx.node.device_uid),
+            sop_instance_uid=sop_uid,
+            instance_number=_next_instance_number(session, job.study_id),
+            series_number=SR_SERIES_NUMBER,
+            now=now,
+        )
+        result = _result_row(
+            job,
+            ctx.model.identity,
+            now,
+            outcome="not_analysed",
+            reason=reason,
+            fingerprint=fingerprint,
+        )
+        session.add(result)
+        session.flush()
+        _store_sr(ctx, session, job, result, sr, "not_analysed", now)
+        audit.append(
+            session,
+            AuditKind.STUDY_NOT_ANALYSED,
+            study_uid=job.study_uid,
+            now=now,
+            reason=reason,
+            sr_sop_instance_uid=sop_uid,
+        )
+        _settle(session, job, result, fingerprint, StudyState.NOT_ANALYSED, now, reason)
+
+
+def _finish_analysed(
+    ctx: PipelineContext, job: ClaimedJob, analysis: _Analysis, selected: Sequence[InstanceRow]
+) -> None:
+    paths = {r.sop_instance_uid: Path(r.path) for r in selected}
+    evidence = [_header(paths[s.sop_instance_uid]) for s in analysis.result.key_slices]
+    model = ctx.model.identity
+    with ctx.db.session() as session:
+        now = ctx.clock()
+        sop_uid = uids.sr_instance_uid(job.study_uid, analysis.fingerprint, model.tag)
+        sr = report.build_result_sr(
+            evidence=evidence,
+            result=analysis.result,
+            model=model,
+            node=ctx.node,
+            series_instance_uid=uids.sr_series_uid(job.study_uid, ctx.node.device_uid),
+            sop_instance_uid=sop_uid,
+            instance_number=_next_instance_number(session, job.study_id),
+            series_number=SR_SERIES_NUMBER,
+            predecessors=_predecessors(session, job.study_id),
+            now=now,
+        )
+        result = _analysed_row(ctx, job, analysis, now)
+        session.add(result)
+        session.flush()
+        session.add_all(
+            SliceScoreRow(
+                result_id=result.id,
+                sop_instance_uid=s.sop_instance_uid,
+                slice_index=s.index,
+                z=s.z,
+                probability=s.probability,
+            )
+            for s in analysis.scores
+        )
+        _audit_result(session, job, analysis, model, now)
+        _store_sr(ctx, session, job, result, sr, "result", now)
+        _settle(session, job, result, analysis.fingerprint, StudyState.REPORTED, now, None)
+
+
+def _audit_result(
+    session: Session, job: ClaimedJob, analysis: _Analysis, model: ModelIdentity, now: datetime
+) -> None:
+    r = analysis.result
+    audit.append(
+        session,
+        AuditKind.INFERENCE_DONE,
+        study_uid=job.study_uid,
+        now=now,
+        slices=r.n_slices,
+        seconds=round(analysis.seconds, 3),
+        model=model.tag,
+    )
+    audit.append(
+        session,
+        AuditKind.STUDY_RESULT,
+        study_uid=job.study_uid,
+        now=now,
+        label=r.label,
+        finding=r.finding,
+        probability=round(r.probability, 6),
+        threshold=r.threshold,
+        aggregation=r.aggregation,
+        model=model.tag,
+        key_slices=[s.sop_instance_uid for s in r.key_slices],
+    )
+
+
+def _analysed_row(
+    ctx: PipelineContext, job: ClaimedJob, analysis: _Analysis, now: datetime
+) -> ResultRow:
+    r = analysis.result
+    row = _result_row(
+        job,
+        ctx.model.identity,
+        now,
+        outcome="analysed",
+        reason=None,
+        fingerprint=analysis.fingerprint,
+    )
+    row.series_instance_uid, row.selection_reason = analysis.series_uid, analysis.selection
+    row.threshold, row.threshold_source = r.threshold, ctx.threshold[1]
+    row.aggregation, row.probability = r.aggregation, r.probability
+    row.label, row.finding, row.n_slices = str(r.label), str(r.finding), r.n_slices
+    row.device, row.inference_s = str(ctx.model.device), analysis.seconds
+    return row
+
+
+def _result_row(
+    job: ClaimedJob,
+    model: ModelIdentity,
+    now: datetime,
+    *,
+    outcome: str,
+    reason: str | None,
+    fingerprint: str,
+) -> ResultRow:
+    return ResultRow(
+        study_id=job.study_id,
+        job_id=job.job_id,
+        created_at=now,
+        outcome=outcome,
+        reason=reason,
+        input_fingerprint=fingerprint,
+        model_name=model.name,
+        model_version=model.version,
+        weights_sha256=model.weights_sha256,
+        n_slices=0,
+    )
+
+
+def _store_sr(
+    ctx: PipelineContext,
+    session: Session,
+    job: ClaimedJob,
+    result: ResultRow,
+    sr: Dataset,
+    kind: str,
+    now: datetime,
+) -> SrRow:
+    """Write the SR once to the outbox, register it, and open one delivery per destination."""
+    existing = session.scalar(select(SrRow).where(SrRow.sop_instance_uid == sr.SOPInstanceUID))
+    if existing is not None:  # an input seen before: resend that very report
+        return existing
+    path = write_outbox(ctx.settings.outbox_dir, job.study_uid, sr)
+    digest, size = file_sha256(path)
+    row = SrRow(
+        study_id=job.study_id,
+        result_id=result.id,
+        sop_instance_uid=sr.SOPInstanceUID,
+        series_instance_uid=sr.SeriesInstanceUID,
+        kind=kind,
+        path=str(path),
+        sha256=digest,
+        bytes=size,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    expires = now + timedelta(hours=ctx.settings.delivery.max_age_h)
+    for dest in ctx.settings.destinations:
+        session.add(
+            DeliveryRow(
+                sr_id=row.id,
+                study_id=job.study_id,
+                destination=dest.name,
+                ae_title=dest.ae_title,
+                host=dest.host,
+                port=dest.port,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                created_at=now,
+                expires_at=expires,
+                next_attempt_at=now,
+            )
+        )
+    audit.append(
+        session,
+        AuditKind.SR_CREATED,
+        study_uid=job.study_uid,
+        now=now,
+        sr_sop_instance_uid=row.sop_instance_uid,
+        kind=kind,
+        bytes=size,
+        destinations=[d.name for d in ctx.settings.destinations],
+    )
+    return row
+
+
+def write_outbox(outbox: Path, study_uid: str, sr: Dataset) -> Path:
+    target = outbox / study_uid / f"{sr.SOPInstanceUID}.dcm"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_suffix(f".{os.getpid()}.part")
+    temp.write_bytes(report.sr_to_bytes(sr))
+    temp.replace(target)
+    return target
+
+
+def _settle(
+    session: Session,
+    job: ClaimedJob,
+    result: ResultRow,
+    fingerprint: str,
+    state: StudyState,
+    now: datetime,
+    reason: str | None,
+) -> None:
+    study = session.get(StudyRow, job.study_id)
+    assert study is not None
+    study.analysed_fingerprint, study.current_result_id = fingerprint, result.id
+    settle_study(session, job.study_id, state, now, reason)
+    refresh_study_state(session, job.study_id)
+    finish_job(session, job.job_id, JobState.DONE, now)
+
+
+def _next_instance_number(session: Session, study_id: int) -> int:
+    count = session.scalar(
+        select(func.count()).select_from(SrRow).where(SrRow.study_id == study_id)
+    )
+    return int(count or 0) + 1
+
+
+def _predecessors(session: Session, study_id: int) -> list[Dataset]:
+    latest = session.scalars(
+        select(SrRow)
+        .where(SrRow.study_id == study_id, SrRow.kind == "result")
+        .order_by(SrRow.id.desc())
+        .limit(1)
+    ).first()
+    if latest is None or not Path(latest.path).exists():
+        return []
+    return [pydicom.dcmread(latest.path, stop_before_pixels=True)]
+
+
+def _header(path: Path) -> Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)

@@ -1,0 +1,260 @@
+"""Event handlers of the SCP: every outcome is a DICOM status, nothing ever raises.
+
+The C-STORE handler runs on the association's thread, so it does only what acknowledgement
+needs: check, parse the header (no pixels), rename the received file into the spool, and hand
+a record to the recorder queue. The peer hears 0x0000 only once the file is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config as pynetdicom_config
+
+from scpnode.clock import utcnow
+from scpnode.headers import InstanceHeader, UnreadableDataset, read_header
+from scpnode.receive.records import (
+    AssociationClosed,
+    AssociationOpened,
+    AssociationRejected,
+    InstanceReceived,
+    InstanceRefused,
+    Record,
+)
+from scpnode.spool import BadUid, Spool
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # disk below min_free_mb or a write failed: the scanner may retry
+SOP_CLASS_MISMATCH = 0xA900  # data set does not match the SOP class of the request
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+CANNOT_PARSE = 0xC001  # not a DICOM data set we can read
+BAD_UID = 0xC002  # a study/series/instance UID is missing or violates the UID grammar
+INSTANCE_MISMATCH = 0xC003  # data set SOP Instance UID differs from the request's
+INTERNAL_ERROR = 0xC0FF  # unexpected failure; logged with a traceback
+
+Sink = Callable[[Record], None]
+
+
+def disable_nagle(sock: socket.socket | None) -> None:
+    """C-STORE is request/response over small PDUs; Nagle would add ~40 ms to each."""
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed, or not TCP
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def assoc_socket(assoc: Any) -> socket.socket | None:
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    return getattr(transport, "socket", None)
+
+
+class StoreHandlers:
+    """Handlers bound to one SCP; dependencies are passed in, not global."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Sink,
+        *,
+        allowed_sop_classes: frozenset[str] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.allowed_sop_classes = allowed_sop_classes
+        self._keys = itertools.count(1)
+        self._lock = threading.Lock()
+        self._assoc_keys: dict[int, int] = {}
+
+    # --- association events -------------------------------------------------------------
+    def on_conn_open(self, event: Any) -> None:
+        disable_nagle(assoc_socket(event.assoc))
+
+    def on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        key = next(self._keys)
+        with self._lock:
+            self._assoc_keys[id(assoc)] = key
+        rejected = tuple(
+            f"{cx.abstract_syntax}:{cx.result}" for cx in getattr(assoc, "rejected_contexts", [])
+        )
+        self.sink(
+            AssociationOpened(
+                key=key,
+                calling_aet=_aet(assoc.requestor.ae_title),
+                called_aet=_aet(assoc.acceptor.ae_title),
+                peer_host=str(assoc.requestor.address),
+                peer_port=int(assoc.requestor.port),
+                at=utcnow(),
+                rejected_contexts=rejected,
+            )
+        )
+
+    def on_released(self, event: Any) -> None:
+        self._closed(event, "released")
+
+    def on_aborted(self, event: Any) -> None:
+        self._closed(event, "aborted")
+
+    def _closed(self, event: Any, outcome: str) -> None:
+        with self._lock:
+            key = self._assoc_keys.pop(id(event.assoc), None)
+        if key is not None:
+            self.sink(AssociationClosed(key=key, outcome=outcome, at=utcnow()))
+
+    def on_rejected(self, event: Any) -> None:
+        assoc = event.assoc
+        result, source, diagnostic = _reject_reason(assoc)
+        self.sink(
+            AssociationRejected(
+                calling_aet=_aet(assoc.requestor.ae_title),
+                called_aet=_aet(assoc.requestor.primitive.called_ae_title)
+                if assoc.requestor.primitive
+                else "",
+                peer_host=str(assoc.requestor.address),
+                peer_port=int(assoc.requestor.port),
+                reason=_REJECT_TEXT.get((result, source, diagnostic), "rejected"),
+                result=result,
+                source=source,
+                diagnostic=diagnostic,
+                at=utcnow(),
+            )
+        )
+
+    # --- DIMSE services ----------------------------------------------------------------
+    def on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def on_store(self, event: Any) -> int:
+        """Store one instance; never raises (a raised handler would answer 0xC211)."""
+        try:
+            return self._store(event)
+        except Exception:
+            log.exception("unexpected failure in C-STORE handler")
+            self._refuse(event, INTERNAL_ERROR, "internal error (see node log)")
+            return INTERNAL_ERROR
+
+    def _store(self, event: Any) -> int:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        if self.allowed_sop_classes is not None and sop_class not in self.allowed_sop_classes:
+            return self._refuse(event, SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted here")
+        if not self.spool.has_room():
+            return self._refuse(event, OUT_OF_RESOURCES, "spool below min_free_mb")
+        temp = self._received_file(event)
+        try:
+            return self._place(event, temp)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _place(self, event: Any, temp: Path) -> int:
+        request = event.request
+        try:
+            header = read_header(temp)
+        except UnreadableDataset as exc:
+            return self._refuse(event, CANNOT_PARSE, f"unreadable data set: {exc}")
+        if not header.sop_class_uid and not header.sop_uid:
+            return self._refuse(event, CANNOT_PARSE, "no SOP Class/Instance UID in the data set")
+        if header.sop_class_uid != str(request.AffectedSOPClassUID):
+            return self._refuse(event, SOP_CLASS_MISMATCH, "data set SOP Class UID differs")
+        if header.sop_uid != str(request.AffectedSOPInstanceUID):
+            return self._refuse(event, INSTANCE_MISMATCH, "data set SOP Instance UID differs")
+        try:
+            outcome = self.spool.place(temp, header.study_uid, header.series_uid, header.sop_uid)
+        except BadUid as exc:
+            return self._refuse(event, BAD_UID, str(exc), header.study_uid)
+        except OSError as exc:
+            return self._refuse(event, OUT_OF_RESOURCES, f"write failed: {exc.strerror or exc}")
+        self.sink(
+            InstanceReceived(
+                key=self._key(event),
+                calling_aet=_aet(event.assoc.requestor.ae_title),
+                header=_with_syntax(header, event),
+                kind=outcome.kind,
+                path=str(outcome.path),
+                sha256=outcome.sha256,
+                size=outcome.size,
+                at=utcnow(),
+                kept_aside=str(outcome.kept_aside) if outcome.kept_aside else None,
+            )
+        )
+        return SUCCESS
+
+    def _received_file(self, event: Any) -> Path:
+        """The received bytes as a file in the spool's `.incoming` (same filesystem)."""
+        temp = self.spool.new_incoming_path()
+        if pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
+            source = Path(event.dataset_path)
+            try:
+                source.rename(temp)
+            except OSError:  # another filesystem: copy once, then rename atomically later
+                shutil.copyfile(source, temp)
+        else:
+            temp.write_bytes(event.encoded_dataset(include_meta=True))
+        return temp
+
+    def _refuse(self, event: Any, status: int, reason: str, study_uid: str | None = None) -> int:
+        request = event.request
+        log.warning(
+            "C-STORE refused",
+            extra={
+                "status": f"0x{status:04X}",
+                "reason": reason,
+                "calling_aet": _aet(event.assoc.requestor.ae_title),
+            },
+        )
+        self.sink(
+            InstanceRefused(
+                key=self._key(event),
+                calling_aet=_aet(event.assoc.requestor.ae_title),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID or "")[:64],
+                sop_class_uid=str(request.AffectedSOPClassUID or "")[:64],
+                status=status,
+                reason=reason,
+                at=utcnow(),
+                study_uid=study_uid,
+            )
+        )
+        return status
+
+    def _key(self, event: Any) -> int:
+        with self._lock:
+            return self._assoc_keys.get(id(event.assoc), 0)
+
+
+def _with_syntax(header: InstanceHeader, event: Any) -> InstanceHeader:
+    """The negotiated transfer syntax is the truth about how the bytes are encoded."""
+    syntax = str(event.context.transfer_syntax)
+    if header.transfer_syntax_uid == syntax:
+        return header
+    return InstanceHeader(**{**header.__dict__, "transfer_syntax_uid": syntax})
+
+
+def _aet(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value or "").strip()[:16]
+
+
+_REJECT_TEXT = {
+    (1, 1, 3): "calling AE title not recognised",
+    (1, 1, 7): "called AE title not recognised",
+    (2, 3, 2): "local limit exceeded (max_associations)",
+    (2, 2, 1): "user identity rejected",
+}
+
+
+def _reject_reason(assoc: Any) -> tuple[int, int, int]:
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    try:
+        return (int(primitive.result), int(primitive.result_source), int(primitive.diagnostic))
+    except (AttributeError, TypeError, ValueError):
+        return (0, 0, 0)

@@ -1,0 +1,88 @@
+"""Local timers of the SCP process (APScheduler): the completion sweep and spool hygiene.
+
+APScheduler drives only this process's timers; everything that must be coordinated across
+processes goes through the database with conditional updates (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from scpnode.config import Settings
+from scpnode.db import Database
+from scpnode.queue import sweep_completions
+from scpnode.spool import Spool
+
+log = logging.getLogger(__name__)
+STALE_INCOMING_S = 3600.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        spool: Spool,
+        clock: Callable[[], datetime],
+        sweep_interval_s: float = 0.5,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.spool = spool
+        self.clock = clock
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=sweep_interval_s,
+            max_instances=1,
+            coalesce=True,
+            id="completion",
+        )
+        self._scheduler.add_job(
+            self.clean_incoming,
+            "interval",
+            minutes=10,
+            max_instances=1,
+            coalesce=True,
+            id="incoming",
+        )
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self._scheduler.shutdown(wait=True)
+
+    def sweep(self) -> list[str]:
+        try:
+            queued = sweep_completions(
+                self.db,
+                self.clock(),
+                grace_s=self.settings.study.association_grace_s,
+                idle_timeout_s=self.settings.study.idle_timeout_s,
+            )
+        except Exception:
+            log.exception("completion sweep failed; will retry")
+            return []
+        for uid in queued:
+            log.info("study complete, queued", extra={"study": uid})
+        return queued
+
+    def clean_incoming(self) -> int:
+        """Drop partial receptions left by associations that died mid-transfer."""
+        cutoff = time.time() - STALE_INCOMING_S
+        removed = 0
+        for path in self.spool.incoming.glob("*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

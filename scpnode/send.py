@@ -1,0 +1,179 @@
+"""C-STORE SCU: send stored objects to a peer and classify what happened.
+
+Delivery retries only what may succeed later (a PACS that is down, busy or out of resources);
+a permanent refusal (wrong AE title, a status that says the object itself is unacceptable)
+goes to `failed` with its reason instead of being hammered until it expires.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+
+from scpnode.receive.handlers import assoc_socket, disable_nagle
+
+log = logging.getLogger(__name__)
+
+SR_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+DEFAULT_MAX_PDU = 262144
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    TRANSIENT = "transient"  # retry with backoff
+    PERMANENT = "permanent"  # do not retry blindly
+
+
+@dataclass(frozen=True)
+class Peer:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    status: int | None
+    detail: str
+
+
+class AssociationFailed(Exception):
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+def classify_status(status: int) -> Outcome:
+    """PS3.4 B.2.3: success and warnings are delivered; 0xA7xx is worth retrying."""
+    if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+        return Outcome.DELIVERED
+    if 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0213, 0x0212):
+        return Outcome.TRANSIENT
+    return Outcome.PERMANENT
+
+
+@contextmanager
+def association(
+    peer: Peer,
+    calling_aet: str,
+    sop_classes: Iterable[str],
+    *,
+    transfer_syntaxes: list[str] | None = None,
+    timeout_s: float = 30.0,
+) -> Iterator[Any]:
+    """An established association (Nagle off), released on exit; raises AssociationFailed."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    for sop_class in sorted(set(sop_classes)):
+        ae.add_requested_context(sop_class, transfer_syntaxes or SR_TRANSFER_SYNTAXES)
+    connected: list[bool] = []
+
+    def on_open(event: Any) -> None:
+        connected.append(True)
+        disable_nagle(assoc_socket(event.assoc))
+
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        max_pdu=DEFAULT_MAX_PDU,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+    )
+    if not assoc.is_established:
+        raise AssociationFailed(_association_failure(assoc, bool(connected)))
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _association_failure(assoc: Any, connected: bool) -> SendResult:
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        result, source, diag = primitive.result, primitive.result_source, primitive.diagnostic
+        outcome = Outcome.PERMANENT if result == 0x01 else Outcome.TRANSIENT
+        return SendResult(
+            outcome,
+            None,
+            f"association rejected ({'permanent' if result == 1 else 'transient'}; "
+            f"source {source}, reason {diag})",
+        )
+    if assoc.is_aborted and connected:
+        return SendResult(Outcome.TRANSIENT, None, "association aborted by peer")
+    return SendResult(
+        Outcome.TRANSIENT, None, "peer not reachable (connection failed or timed out)"
+    )
+
+
+def store_file(path: Path, peer: Peer, calling_aet: str, timeout_s: float = 30.0) -> SendResult:
+    """Send one stored Part-10 file (its stored bytes, re-framed as received) and classify."""
+    dataset = pydicom.dcmread(path)
+    try:
+        with association(peer, calling_aet, [dataset.SOPClassUID], timeout_s=timeout_s) as assoc:
+            return _send_one(assoc, dataset)
+    except AssociationFailed as exc:
+        return exc.result
+    except (OSError, RuntimeError) as exc:
+        return SendResult(Outcome.TRANSIENT, None, f"network error: {exc}")
+
+
+def _send_one(assoc: Any, dataset: Dataset) -> SendResult:
+    try:
+        status = assoc.send_c_store(dataset)
+    except ValueError as exc:  # no accepted presentation context for this SOP class
+        return SendResult(Outcome.PERMANENT, None, f"peer does not accept the SOP class: {exc}")
+    if not status or "Status" not in status:
+        return SendResult(Outcome.TRANSIENT, None, "no response (timeout or abort)")
+    code = int(status.Status)
+    outcome = classify_status(code)
+    comment = str(status.get("ErrorComment", "") or "")
+    detail = f"status 0x{code:04X}" + (f": {comment}" if comment else "")
+    return SendResult(outcome, code, detail)
+
+
+def store_datasets(
+    datasets: Iterable[Dataset],
+    peer: Peer,
+    calling_aet: str,
+    *,
+    transfer_syntaxes: list[str] | None = None,
+    timeout_s: float = 30.0,
+) -> list[int | None]:
+    """One association for a batch of datasets (a scanner sends a series like this)."""
+    items = list(datasets)
+    statuses: list[int | None] = []
+    classes = {str(ds.SOPClassUID) for ds in items}
+    with association(
+        peer, calling_aet, classes, transfer_syntaxes=transfer_syntaxes, timeout_s=timeout_s
+    ) as assoc:
+        for ds in items:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if status and "Status" in status else None)
+    return statuses
+
+
+def echo(peer: Peer, calling_aet: str, timeout_s: float = 10.0) -> SendResult:
+    verification = "1.2.840.10008.1.1"
+    try:
+        with association(peer, calling_aet, [verification], timeout_s=timeout_s) as assoc:
+            status = assoc.send_c_echo()
+    except AssociationFailed as exc:
+        return exc.result
+    except (OSError, RuntimeError) as exc:
+        return SendResult(Outcome.TRANSIENT, None, f"network error: {exc}")
+    if not status or "Status" not in status:
+        return SendResult(Outcome.TRANSIENT, None, "no response")
+    code = int(status.Status)
+    return SendResult(classify_status(code), code, f"status 0x{code:04X}")

@@ -1,0 +1,163 @@
+"""The worker process: claims study jobs and runs them; a second thread delivers SRs.
+
+Warm shutdown (rq style): SIGTERM stops taking new jobs, the job in hand finishes, queued
+work stays in the database. `burst` mode drains what is there and returns, which makes the
+worker testable without timing games.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from scpnode import audit
+from scpnode.app import (
+    StartupError,
+    load_checked_card,
+    make_deliverer,
+    node_identity,
+    open_database,
+    resolve_weights,
+    scope_rules,
+)
+from scpnode.clock import utcnow
+from scpnode.config import Settings
+from scpnode.delivery import Deliverer
+from scpnode.domain import AuditKind, JobState, StudyState
+from scpnode.pipeline import PipelineContext, process_job
+from scpnode.queue import ClaimedJob, claim, finish_job, heartbeat, settle_study
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """Job loop (this thread) plus delivery loop (its own thread)."""
+
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        deliverer: Deliverer,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.deliverer = deliverer
+        self.owner = owner or worker_name()
+        self.clock = clock or ctx.clock
+        self.lease_s = ctx.settings.worker.lease_s
+        self.poll_s = ctx.settings.worker.poll_interval_s
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set: jobs here, deliveries in a thread; both end warm."""
+        sender = threading.Thread(
+            target=self._delivery_loop, args=(stop,), name="delivery", daemon=True
+        )
+        sender.start()
+        while not stop.is_set():
+            if not self.run_one_job():
+                stop.wait(self.poll_s)
+        sender.join(timeout=60)
+
+    def run_burst(self) -> int:
+        """Process every queued job and every due delivery, then return how many jobs ran."""
+        jobs = 0
+        while self.run_one_job():
+            jobs += 1
+        self.deliverer.run_once()
+        return jobs
+
+    def run_one_job(self) -> bool:
+        job = claim(self.ctx.db, self.owner, self.lease_s, self.clock())
+        if job is None:
+            return False
+        with self._lease_kept(job):
+            try:
+                process_job(self.ctx, job)
+            except Exception as exc:
+                log.exception("job failed", extra={"job_id": job.job_id})
+                self._fail(job, exc)
+        return True
+
+    def _delivery_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if not self.deliverer.run_once():
+                    stop.wait(self.poll_s)
+            except Exception:
+                log.exception("delivery loop error; continuing")
+                stop.wait(self.poll_s * 4)
+
+    @contextmanager
+    def _lease_kept(self, job: ClaimedJob) -> Iterator[None]:
+        """Extend the job's lease while it runs, so only a dead worker loses its job."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.lease_s / 3):
+                heartbeat(self.ctx.db, job.job_id, self.owner, self.lease_s, self.clock())
+
+        thread = threading.Thread(target=beat, name="lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    def _fail(self, job: ClaimedJob, exc: Exception) -> None:
+        """A job that raised: the study is `failed` with the reason; the node keeps going."""
+        now = self.clock()
+        reason = f"processing error: {type(exc).__name__}: {exc}"[:500]
+        with self.ctx.db.session() as session:
+            finish_job(session, job.job_id, JobState.FAILED, now, reason)
+            settle_study(session, job.study_id, StudyState.FAILED, now, reason)
+            audit.append(
+                session,
+                AuditKind.JOB_FAILED,
+                study_uid=job.study_uid,
+                now=now,
+                job_id=job.job_id,
+                error=reason,
+            )
+
+
+def build_worker(settings: Settings) -> Worker:
+    """Everything one worker process needs; raises StartupError with the key to fix."""
+    from scpnode.infer.engine import DeviceError, ModelLoadError, load_model, resolve_device
+
+    db = open_database(settings)
+    weights = resolve_weights(settings, train=False)
+    card = load_checked_card(settings, weights)
+    try:
+        model = load_model(settings.model.name, weights, resolve_device(settings.model.device))
+    except DeviceError as exc:
+        raise StartupError(f"model.device: {exc}") from None
+    except (ModelLoadError, ValueError) as exc:
+        raise StartupError(f"model.weights: {exc}") from None
+    ctx = PipelineContext(
+        db=db,
+        settings=settings,
+        model=model,
+        node=node_identity(settings),
+        rules=scope_rules(settings, card),
+        clock=utcnow,
+    )
+    log.info(
+        "worker ready",
+        extra={
+            "model": model.identity.tag,
+            "device": str(model.device),
+            "synthetic": model.identity.synthetic,
+        },
+    )
+    return Worker(ctx, make_deliverer(db, settings))

@@ -1,0 +1,329 @@
+"""Receive → complete → analyse → report → deliver, in process, over real associations.
+
+The model is a randomly initialised CTnet-10 with its own card (decisions are meaningless
+here; the system tests and the demo check decisions with the trained demo weights). The PACS
+is the stand-in storage SCP on loopback, so tests can take it down, make it refuse, or reject.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import torch
+from sqlalchemy import select, update
+
+from model_zoo.card import save_card, sha256_file
+from model_zoo.ctnet10 import CTNet10
+from model_zoo.train import save_weights
+from scpnode.app import open_database
+from scpnode.audit_views import list_studies, show_study
+from scpnode.clock import utcnow
+from scpnode.config import Settings, load_settings
+from scpnode.db.models import DeliveryRow
+from scpnode.ingest import Recorder, reconcile
+from scpnode.pacs_standin import PacsStandIn
+from scpnode.queue import sweep_completions
+from scpnode.receive.server import ReceiveServer
+from scpnode.send import Peer, store_datasets
+from scpnode.spool import Spool
+from scpnode.synth import (
+    dose_report_dataset,
+    extra_series,
+    iter_study_datasets,
+    localizer_dataset,
+    make_study_spec,
+    screenshot_dataset,
+)
+from scpnode.worker import Worker, build_worker
+from tests.system.peers import free_port
+from tests.unit.test_engine import make_card
+
+SLICES = 12
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "ctnet10-random.pt"
+    save_weights(CTNet10(), path)
+    save_card(make_card(sha256_file(path)), path)
+    return path
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    scp: ReceiveServer
+    recorder: Recorder
+    worker: Worker
+    pacs: PacsStandIn
+    pacs_port: int
+    port: int
+
+    def send(self, datasets: list[Any], calling: str = "CT01") -> list[int | None]:
+        return store_datasets(datasets, Peer("SCPNODE", "127.0.0.1", self.port), calling)
+
+    def complete_and_process(self) -> None:
+        """Flush records, let the completion sweep fire (as if the grace passed), run a burst."""
+        self.recorder.flush()
+        sweep_completions(
+            self.worker.ctx.db, utcnow() + timedelta(seconds=5), grace_s=1, idle_timeout_s=60
+        )
+        self.worker.run_burst()
+
+    def studies(self) -> dict[str, dict[str, Any]]:
+        with self.worker.ctx.db.session() as s:
+            return {r["study_instance_uid"]: r for r in list_studies(s)}
+
+    def show(self, uid: str) -> dict[str, Any]:
+        with self.worker.ctx.db.session() as s:
+            study = show_study(s, uid)
+        assert study is not None
+        return study
+
+
+def config_text(tmp: Path, weights: Path, pacs_port: int, extra: str = "") -> str:
+    return f"""
+[node]
+host = "127.0.0.1"
+[storage]
+spool_dir = "{tmp}/spool"
+min_free_mb = 1
+[database]
+url = "sqlite:///{tmp}/node.db"
+[study]
+min_slices = 5
+[model]
+weights = "{weights}"
+allow_synthetic = true
+[delivery]
+retry_initial_s = 0.2
+retry_max_s = 0.5
+timeout_s = 5
+{extra}
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+"""
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, random_weights: Path) -> Iterator[Any]:
+    rigs: list[Rig] = []
+    saved_tempdir = tempfile.tempdir
+
+    def build(*, start_pacs: bool = True, extra: str = "", pacs_aet: str = "PACS") -> Rig:
+        pacs_port = free_port()
+        pacs = PacsStandIn(tmp_path / "pacs", pacs_aet, require_called_aet=True)
+        if start_pacs:
+            pacs.start(port=pacs_port)
+        path = tmp_path / "node.toml"
+        path.write_text(config_text(tmp_path, random_weights, pacs_port, extra))
+        settings = load_settings(path, env={})
+        db = open_database(settings)
+        spool = Spool(settings.storage.spool_dir, min_free_mb=1)
+        recorder = Recorder(db)
+        recorder.start()
+        scp = ReceiveServer(settings.node, spool, recorder.submit)
+        port = scp.start(port=0)
+        rig = Rig(settings, scp, recorder, build_worker(settings), pacs, pacs_port, port)
+        rigs.append(rig)
+        return rig
+
+    yield build
+    for rig in rigs:
+        rig.scp.stop(5)
+        rig.recorder.stop()
+        rig.pacs.stop()
+    tempfile.tempdir = saved_tempdir
+
+
+def test_study_is_analysed_reported_and_delivered(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(21, covid=True, n_slices=SLICES)
+    extras = [dose_report_dataset(spec), screenshot_dataset(spec)]
+    assert rig.send(list(iter_study_datasets(spec)) + extras) == [0] * (SLICES + 2)
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "delivered" and row["received_instances"] == SLICES + 2
+    assert row["label"] in ("covid19", "non_covid19") and 0 <= row["probability"] <= 1
+    assert row["model"] == "ctnet10-test@0.0.1"
+    assert row["deliveries"] == [
+        {
+            "destination": "pacs",
+            "status": "delivered",
+            "attempts": 1,
+            "last_error": None,
+            "last_status": "0x0000",
+            "delivered_at": row["deliveries"][0]["delivered_at"],
+        }
+    ]
+    (sr_path,) = rig.pacs.received
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SOPInstanceUID == row["sr_sop_instance_uid"]
+    assert sr.StudyInstanceUID == spec.study_instance_uid and sr.PatientID == spec.patient_id
+    shown = rig.show(spec.study_instance_uid)
+    (result,) = shown["results"]
+    assert (
+        result["n_slices"] == SLICES and result["series_instance_uid"] == spec.series_instance_uid
+    )
+    zs = [s["z"] for s in result["slices"]]
+    assert zs == sorted(zs) or zs == sorted(zs, reverse=True)  # in patient order, not send order
+    assert result["threshold_source"] == "model card" and result["threshold"] == 0.5
+    kinds = [e["kind"] for e in shown["events"]]
+    for kind in (
+        "association_accepted",
+        "instance_stored",
+        "study_complete",
+        "job_claimed",
+        "series_selected",
+        "inference_done",
+        "study_result",
+        "sr_created",
+        "delivered",
+    ):
+        assert kind in kinds
+
+
+def test_only_a_changed_selected_series_is_reprocessed(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(22, covid=False, finding="normal", n_slices=SLICES)
+    datasets = list(iter_study_datasets(spec))
+    datasets.sort(key=lambda ds: int(ds.InstanceNumber))
+    rig.send(datasets[:-2])
+    rig.complete_and_process()
+    first = rig.studies()[spec.study_instance_uid]
+    assert first["status"] == "delivered"
+    # the same instances again, and a second (soft-kernel) series: the selection is unchanged
+    rig.send(datasets[:3])
+    rig.send(list(iter_study_datasets(extra_series(spec, kernel="B30f", thickness=3.0))))
+    rig.complete_and_process()
+    same = rig.studies()[spec.study_instance_uid]
+    assert same["status"] == "delivered"
+    assert same["sr_sop_instance_uid"] == first["sr_sop_instance_uid"]
+    assert any(e["kind"] == "study_unchanged" for e in rig.show(spec.study_instance_uid)["events"])
+    # the selected series gains its last two slices: a new SR version, same series
+    rig.send(datasets[-2:])
+    rig.complete_and_process()
+    second = rig.studies()[spec.study_instance_uid]
+    assert second["status"] == "delivered"
+    assert second["sr_sop_instance_uid"] != first["sr_sop_instance_uid"]
+    old, new = (pydicom.dcmread(p) for p in rig.pacs.received)
+    assert new.SeriesInstanceUID == old.SeriesInstanceUID and new.InstanceNumber == 2
+    predecessor = new.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID
+    assert len(rig.show(spec.study_instance_uid)["results"]) == 2
+
+
+def test_localizer_only_chest_study_is_not_analysed_with_an_sr(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(23, n_slices=SLICES)
+    rig.send([localizer_dataset(spec)])
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "not_analysed" and "localizer" in row["reason"]
+    assert row["deliveries"][0]["status"] == "delivered"
+    sr = pydicom.dcmread(rig.pacs.received[0])
+    assert "NOT ANALYSED" in sr.SeriesDescription
+
+
+def test_undecodable_pixels_end_not_analysed(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(24, n_slices=SLICES)
+    datasets = list(iter_study_datasets(spec))
+    for ds in datasets:
+        ds.PixelData = ds.PixelData[:100]  # header fine, pixels truncated
+    assert rig.send(datasets) == [0] * SLICES  # acknowledged: stored as received
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "not_analysed" and "undecodable" in row["reason"]
+
+
+def test_pacs_down_is_retried_until_it_comes_back(make_rig: Any) -> None:
+    rig = make_rig(start_pacs=False)
+    spec = make_study_spec(25, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "reported"
+    (delivery,) = row["deliveries"]
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1
+    assert "not reachable" in delivery["last_error"]
+    rig.pacs.start(port=rig.pacs_port)
+    rig.pacs.answer = 0xA700  # up, but out of resources: still transient
+    time.sleep(0.7)
+    rig.worker.deliverer.run_once()
+    assert rig.studies()[spec.study_instance_uid]["deliveries"][0]["last_status"] == "0xA700"
+    rig.pacs.answer = 0x0000
+    time.sleep(0.7)
+    rig.worker.deliverer.run_once()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "delivered" and row["deliveries"][0]["attempts"] == 3
+    attempts = rig.show(spec.study_instance_uid)["reports"][0]["deliveries"][0]["attempt_log"]
+    assert [a["outcome"] for a in attempts] == ["transient", "transient", "delivered"]
+
+
+def test_permanent_rejection_fails_without_retrying(make_rig: Any) -> None:
+    rig = make_rig(pacs_aet="OTHER")  # our destination says PACS: called AE not recognised
+    spec = make_study_spec(26, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "failed"
+    (delivery,) = row["deliveries"]
+    assert delivery["status"] == "failed" and "rejected (permanent" in delivery["last_error"]
+    time.sleep(0.7)
+    assert rig.worker.deliverer.run_once() == 0  # not retried blindly
+
+
+def test_undelivered_report_expires(make_rig: Any) -> None:
+    rig = make_rig(start_pacs=False)
+    spec = make_study_spec(27, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    with rig.worker.ctx.db.session() as s:
+        s.execute(
+            update(DeliveryRow).values(
+                expires_at=utcnow() - timedelta(seconds=1), next_attempt_at=utcnow()
+            )
+        )
+    rig.worker.deliverer.run_once()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "expired" and row["deliveries"][0]["status"] == "expired"
+
+
+def test_spool_files_without_rows_are_reconciled(tmp_path: Path, random_weights: Path) -> None:
+    settings = load_settings(_write(tmp_path, config_text(tmp_path, random_weights, 1)), env={})
+    db = open_database(settings)
+    spool = Spool(settings.storage.spool_dir)
+    spool.prepare()
+    spec = make_study_spec(28, n_slices=3)
+    for ds in iter_study_datasets(spec):  # as if the node died before recording them
+        target = spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(target, enforce_file_format=True)
+    assert reconcile(db, spool) == 3
+    assert reconcile(db, spool) == 0
+    with db.session() as s:
+        (row,) = list_studies(s)
+        events = show_study(s, spec.study_instance_uid)["events"]  # type: ignore[index]
+    assert row["received_instances"] == 3 and row["status"] == "receiving"
+    assert [e["kind"] for e in events].count("instance_reconciled") == 3
+    with db.session() as s:
+        assert s.scalars(select(DeliveryRow)).all() == []
+
+
+def _write(tmp: Path, text: str) -> Path:
+    path = tmp / "node.toml"
+    path.write_text(text)
+    return path

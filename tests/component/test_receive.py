@@ -1,0 +1,222 @@
+"""The SCP over real associations on 127.0.0.1: our SCU and dcmtk's storescu as peers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from scpnode.db.models import AssociationRow, AuditEventRow, InstanceRow, StudyRow
+from scpnode.send import Peer, echo, store_datasets
+from tests.conftest import PEER_ENV, ct_small, need
+
+
+def events(scp, kind: str) -> list[AuditEventRow]:
+    with scp.db.session() as s:
+        return list(s.scalars(select(AuditEventRow).where(AuditEventRow.kind == kind)))
+
+
+def send(scp, datasets, calling: str = "SCANNER", **kw):
+    return store_datasets(datasets, Peer(scp.ae_title, "127.0.0.1", scp.port), calling, **kw)
+
+
+def test_storescu_instance_lands_in_spool_and_audit(make_scp, tmp_path: Path) -> None:
+    storescu = need("storescu")
+    scp = make_scp()
+    src = tmp_path / "ct.dcm"
+    ct_small().save_as(src, enforce_file_format=True)
+    run = subprocess.run(
+        [storescu, "-aet", "CT01", "-aec", scp.ae_title, "127.0.0.1", str(scp.port), str(src)],
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    scp.finish()
+    ds = ct_small()
+    stored = (
+        scp.spool.root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    )
+    assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
+    with scp.db.session() as s:
+        inst = s.scalars(select(InstanceRow)).one()
+        assoc = s.scalars(select(AssociationRow)).one()
+        study = s.scalars(select(StudyRow)).one()
+    assert inst.calling_aet == "CT01" and inst.path == str(stored) and inst.modality == "CT"
+    assert inst.transfer_syntax_uid in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    assert (assoc.calling_aet, assoc.outcome, assoc.instances) == ("CT01", "released", 1)
+    assert study.state == "receiving" and study.first_calling_aet == "CT01"
+    assert [e.kind for e in events(scp, "instance_stored")] == ["instance_stored"]
+
+
+def test_echo_and_nagle_disabled(make_scp) -> None:
+    scp = make_scp()
+    assert echo(Peer(scp.ae_title, "127.0.0.1", scp.port), "MONITOR").status == 0
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+    try:
+        server_side = [a for a in scp.server.ae.active_associations if a.is_acceptor]
+        sock = server_side[0].dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(make_scp, tmp_path: Path) -> None:
+    storescu = need("storescu")
+    scp = make_scp(allowed_calling_aets=("CT01",))
+    src = tmp_path / "ct.dcm"
+    ct_small().save_as(src, enforce_file_format=True)
+    run = subprocess.run(
+        [storescu, "-aet", "INTRUDER", "-aec", scp.ae_title, "127.0.0.1", str(scp.port), str(src)],
+        env=PEER_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode != 0
+    assert "Calling AE Title Not Recognized" in run.stdout + run.stderr
+    scp.finish()
+    (event,) = events(scp, "association_rejected")
+    assert '"calling_aet": "INTRUDER"' in event.detail and "not recognised" in event.detail
+    assert not any(scp.spool.root.glob("*/*/*.dcm"))
+
+
+def test_sop_class_refused_when_ct_only(make_scp) -> None:
+    scp = make_scp(accept_all_storage=False)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(SecondaryCaptureImageStorage)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+    try:
+        rejected = {cx.abstract_syntax: cx.result for cx in assoc.rejected_contexts}
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert rejected == {SecondaryCaptureImageStorage: 0x03}  # abstract syntax not supported
+    assert accepted == {"1.2.840.10008.5.1.4.1.1.2"}
+    scp.finish()
+    (event,) = events(scp, "context_rejected")
+    assert SecondaryCaptureImageStorage in event.detail
+
+
+def test_bad_uid_gets_failure_status_and_nothing_is_stored(make_scp) -> None:
+    scp = make_scp()
+    ds = ct_small()
+    ds.StudyInstanceUID = "1.2.03.4"  # a leading zero: not a DICOM UID
+    assert send(scp, [ds]) == [0xC002]
+    scp.finish()
+    (event,) = events(scp, "instance_rejected")
+    assert "0xC002" in event.detail and "grammar" in event.detail
+    assert not any(scp.spool.root.glob("*/*/*.dcm"))
+
+
+def test_full_disk_answers_out_of_resources(make_scp) -> None:
+    scp = make_scp(min_free_mb=10**9)
+    assert send(scp, [ct_small()]) == [0xA700]
+    scp.finish()
+    (event,) = events(scp, "instance_rejected")
+    assert "0xA700" in event.detail
+    assert not any(scp.spool.root.glob("*/*/*.dcm"))
+    assert list(scp.spool.incoming.iterdir()) == []
+
+
+def test_unparseable_dataset_gets_cannot_understand(make_scp, tmp_path: Path) -> None:
+    scp = make_scp()
+    good = tmp_path / "good.dcm"
+    ct_small().save_as(good, enforce_file_format=True)
+    raw = good.read_bytes()
+    meta_end = 144 + int.from_bytes(raw[140:144], "little")  # preamble, DICM, group length
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(raw[:meta_end] + bytes(range(256)) * 4)  # garbage after valid file meta
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+        status = assoc.send_c_store(broken)
+        assoc.release()
+    finally:
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = False
+    assert status.Status == 0xC001
+    scp.finish()
+    assert "0xC001" in events(scp, "instance_rejected")[0].detail
+
+
+def test_duplicate_is_noop_and_changed_resend_replaces(make_scp) -> None:
+    scp = make_scp()
+    ds = ct_small()
+    assert send(scp, [ds, ds]) == [0, 0]
+    changed = ct_small()
+    changed.SeriesDescription = "RECONSTRUCTED AGAIN"
+    assert send(scp, [changed]) == [0]
+    scp.finish()
+    assert len(events(scp, "instance_duplicate")) == 1
+    (replaced,) = events(scp, "instance_replaced")
+    assert ".replaced" in replaced.detail
+    with scp.db.session() as s:
+        inst = s.scalars(select(InstanceRow)).one()
+    assert inst.versions == 2 and inst.series_description == "RECONSTRUCTED AGAIN"
+    assert len(list(scp.spool.replaced.iterdir())) == 1
+
+
+def test_rle_compressed_ct_is_accepted_as_sent(make_scp) -> None:
+    scp = make_scp()
+    ds = ct_small()
+    ds.compress(RLELossless)
+    assert send(scp, [ds], transfer_syntaxes=[RLELossless]) == [0]
+    scp.finish()
+    with scp.db.session() as s:
+        inst = s.scalars(select(InstanceRow)).one()
+    assert inst.transfer_syntax_uid == RLELossless
+    stored = pydicom.dcmread(inst.path)
+    assert (stored.pixel_array == ct_small().pixel_array).all()
+
+
+def test_association_limit_gives_transient_rejection(make_scp) -> None:
+    scp = make_scp(max_associations=1)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    first = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+    try:
+        second = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+        assert second.is_rejected
+        primitive = second.acceptor.primitive
+        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+    finally:
+        first.release()
+    scp.finish()
+    (event,) = events(scp, "association_rejected")
+    assert "local limit exceeded" in event.detail
+
+
+@pytest.mark.parametrize("accept_all", [True, False])
+def test_offered_transfer_syntaxes(make_scp, accept_all: bool) -> None:
+    scp = make_scp(accept_all_storage=accept_all)
+    ct = next(
+        cx
+        for cx in scp.server.ae.supported_contexts
+        if cx.abstract_syntax == "1.2.840.10008.5.1.4.1.1.2"
+    )
+    assert ct.transfer_syntax[:2] == ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    for ts in (
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.4.70",
+        "1.2.840.10008.1.2.4.80",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.5",
+    ):
+        assert ts in ct.transfer_syntax
+    assert "1.2.840.10008.1.2.4.50" not in ct.transfer_syntax  # lossy JPEG: never
+    n_storage = len(scp.server.ae.supported_contexts) - 1
+    assert (n_storage > 100) if accept_all else (n_storage == 2)

@@ -1,0 +1,76 @@
+"""Shared fixtures: real SQLite files, real SCPs on 127.0.0.1, dcmtk binaries on PATH."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from scpnode.config import NodeSettings
+from scpnode.db import Database
+from scpnode.ingest import Recorder
+from scpnode.receive.server import ReceiveServer
+from scpnode.spool import Spool
+
+# dcmtk and Orthanc leave Nagle on unless told otherwise (each C-STORE would cost ~40 ms)
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} not installed (apt-get install dcmtk dicom3tools orthanc)")
+    return path
+
+
+def ct_small() -> Dataset:
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+
+
+@dataclass
+class RunningScp:
+    server: ReceiveServer
+    recorder: Recorder
+    db: Database
+    spool: Spool
+    port: int
+    ae_title: str
+
+    def finish(self) -> None:
+        """Stop receiving and flush every record to the database (then assert on it)."""
+        self.server.stop(drain_timeout_s=5)
+        self.recorder.stop()
+
+
+@pytest.fixture
+def make_scp(tmp_path: Path) -> Iterator[Any]:
+    started: list[RunningScp] = []
+    saved_tempdir = tempfile.tempdir
+
+    def start(**node: Any) -> RunningScp:
+        min_free_mb = node.pop("min_free_mb", 1)
+        settings = NodeSettings(host="127.0.0.1", **node)
+        db = Database(f"sqlite:///{tmp_path}/scp.db")
+        db.upgrade()
+        spool = Spool(tmp_path / "spool", min_free_mb=min_free_mb)
+        recorder = Recorder(db)
+        recorder.start()
+        server = ReceiveServer(settings, spool, recorder.submit)
+        port = server.start(port=0)
+        scp = RunningScp(server, recorder, db, spool, port, settings.ae_title)
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.finish()
+    tempfile.tempdir = saved_tempdir

@@ -1,0 +1,119 @@
+"""DICOM → HU slices: ordering along the normal, modality LUT, compressed syntaxes."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
+
+from scpnode.infer.dicom_slices import SliceReadError, read_slices_hu
+
+
+def write_ct(
+    path: Path,
+    hu: np.ndarray,
+    *,
+    z: float | None = 0.0,
+    number: int = 1,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+) -> pydicom.Dataset:
+    """Write an HU array as a CT slice (CT_small.dcm's header, new pixels and geometry)."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    stored = np.round((hu - intercept) / slope).astype(np.int16)
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelData = stored.tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    if z is None:
+        del ds.ImagePositionPatient
+    else:
+        ds.ImagePositionPatient = [-100.0, -120.0, z]
+    ds.InstanceNumber = number
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def hu_image(seed: int, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-1024, 1500, size=shape).astype(np.float32)
+
+
+def test_sorted_along_normal_when_given_shuffled_and_descending(tmp_path: Path) -> None:
+    # InstanceNumber counts up while z goes down (head-first, scanning feet-ward)
+    zs = [50.0, 47.5, 45.0, 42.5, 40.0]
+    paths = []
+    for i, z in enumerate(zs):
+        paths.append(tmp_path / f"s{i}.dcm")
+        write_ct(paths[-1], hu_image(i), z=z, number=i + 1)
+    random.Random(4).shuffle(paths)
+    slices = read_slices_hu(paths)
+    assert [s.z for s in slices] == sorted(zs)
+    assert [s.path.name for s in slices] == [f"s{i}.dcm" for i in (4, 3, 2, 1, 0)]
+    assert np.array_equal(slices[0].hu, hu_image(4))
+
+
+def test_oblique_normal_is_used(tmp_path: Path) -> None:
+    # rows along y, columns along x: the normal is -z, so higher z comes first
+    paths = []
+    for i, z in enumerate([0.0, 5.0, 10.0]):
+        ds = write_ct(tmp_path / f"o{i}.dcm", hu_image(i), z=z, number=i + 1)
+        ds.ImageOrientationPatient = [0, 1, 0, 1, 0, 0]
+        ds.save_as(tmp_path / f"o{i}.dcm")
+        paths.append(tmp_path / f"o{i}.dcm")
+    assert [s.path.name for s in read_slices_hu(paths)] == ["o2.dcm", "o1.dcm", "o0.dcm"]
+
+
+def test_falls_back_to_instance_number(tmp_path: Path) -> None:
+    paths = []
+    for number in (3, 1, 2):
+        paths.append(tmp_path / f"n{number}.dcm")
+        write_ct(paths[-1], hu_image(number), z=None, number=number)
+    slices = read_slices_hu(paths)
+    assert [s.path.name for s in slices] == ["n1.dcm", "n2.dcm", "n3.dcm"]
+    assert [s.z for s in slices] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [(1.0, -1024.0), (0.5, -1000.0), (2.0, 0.0)])
+def test_rescale_slope_and_intercept(tmp_path: Path, slope: float, intercept: float) -> None:
+    hu = np.round(hu_image(7) / slope) * slope  # representable in the stored integers
+    hu = np.maximum(hu, intercept)
+    ds = write_ct(tmp_path / "r.dcm", hu, slope=slope, intercept=intercept)
+    (s,) = read_slices_hu([tmp_path / "r.dcm"])
+    assert s.hu.dtype == np.float32
+    assert np.array_equal(s.hu, hu.astype(np.float32))
+    assert s.sop_instance_uid == ds.SOPInstanceUID
+    assert s.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])
+def test_compressed_file_decodes_to_same_hu(tmp_path: Path, syntax: str) -> None:
+    hu = hu_image(9)
+    ds = write_ct(tmp_path / "plain.dcm", hu)
+    ds.compress(syntax)
+    ds.save_as(tmp_path / "packed.dcm")
+    (s,) = read_slices_hu([tmp_path / "packed.dcm"])
+    assert pydicom.dcmread(s.path).file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(s.hu, hu)
+
+
+def test_undecodable_pixels_raise_slice_read_error(tmp_path: Path) -> None:
+    ds = write_ct(tmp_path / "bad.dcm", hu_image(1))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8garbage\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(SliceReadError, match="cannot decode pixel data") as err:
+        read_slices_hu([tmp_path / "bad.dcm"])
+    assert err.value.path == tmp_path / "bad.dcm"
+
+
+def test_not_dicom_raises_slice_read_error(tmp_path: Path) -> None:
+    (tmp_path / "x.dcm").write_bytes(b"hello")
+    with pytest.raises(SliceReadError, match="not a readable DICOM file"):
+        read_slices_hu([tmp_path / "x.dcm"])
