@@ -196,14 +196,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``SCPNODE_NODE__PORT=11112`` sets ``[node] port``; ``SCPNODE_DESTINATIONS`` a TOML array."""
+    """``SCPNODE_NODE__PORT=11112`` sets ``[node] port``; ``SCPNODE_DESTINATIONS`` a TOML array.
+
+    Other ``SCPNODE_*`` variables without a double underscore (``SCPNODE_CONFIG``,
+    ``SCPNODE_CACHE_DIR``) are not configuration keys and are left alone.
+    """
     for name, text in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         value = _parse_env_value(text)
         if len(parts) == 1 and parts[0] == "destinations":
             raw["destinations"] = value
+        elif len(parts) == 1:
+            continue
         elif len(parts) == 2 and all(parts):
             section = raw.setdefault(parts[0], {})
             if not isinstance(section, dict):

@@ -36,3 +36,4 @@ def configure(level: str = "INFO", stream: object = None) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

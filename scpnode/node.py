@@ -98,6 +98,7 @@ class Node:
         self.scheduler = Scheduler(self.db, settings, self.spool, utcnow)
         self.workers = WorkerPool(settings.worker.processes, settings.source)
         self.port: int | None = None
+        self._started = False
 
     def prepare(self) -> None:
         """Check the model policy, build demo weights if needed, reconcile spool and DB."""
@@ -115,6 +116,7 @@ class Node:
             log.warning("spool files reconciled into the database", extra={"instances": added})
 
     def start(self, port: int | None = None) -> int:
+        self._started = True
         self.recorder.start()
         self.port = self.scp.start(port=port)
         self.scheduler.start()
@@ -132,6 +134,10 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight stores, record them, stop timers and workers."""
+        if not self._started:
+            self.db.dispose()
+            return
+        self._started = False
         self.scp.stop()
         self.recorder.stop()
         self.scheduler.stop()
@@ -154,7 +160,8 @@ class Node:
                 "workers": self.settings.worker.processes,
             },
         )
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
         log.info("stopping: no new associations; finishing in-flight stores")
         self.stop()
         return 0

@@ -29,13 +29,6 @@ FINAL = {"delivered", "failed", "expired", "ignored", "not_analysed"}
 
 
 @pytest.fixture(scope="module")
-def demo_weights() -> Path:
-    from scpnode.demo_weights import ensure_demo_weights
-
-    return ensure_demo_weights()
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Iterator[Any]:
     for binary in ("storescu", "dciodvfy", "dsrdump", "Orthanc"):
         need(binary)
@@ -222,3 +215,27 @@ def test_our_own_sr_routed_back_triggers_nothing(node: Any) -> None:
     assert len(shown["results"]) == 1 and len(shown["reports"]) == 1
     assert any(s["own_object"] for s in shown["series"])
     assert "intact" in serve.cli("audit", "verify")
+
+
+def test_admin_cli_answers_what_happened(node: Any) -> None:
+    from datetime import datetime
+
+    serve, _, _ = node
+    assert "orthanc (ORTHANC@127.0.0.1" in serve.cli("echo") and "0x0000" in serve.cli("echo")
+    table = serve.cli("audit", "studies")
+    assert table.splitlines()[0].split()[:4] == ["STUDY", "FROM", "N", "STATUS"]
+    assert "orthanc:delivered(1)" in table and "ignored" in table
+    row = next(r for r in serve.studies() if r["label"] == "covid19")
+    text = serve.cli("audit", "show", row["study_instance_uid"])
+    for words in (
+        "series_selected",
+        "axial slices",
+        "study_result",
+        "association_released",
+        "-> orthanc: delivered after 1 attempt(s)",
+    ):
+        assert words in text
+    events = json.loads(serve.cli("audit", "events", "--json"))
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert all(datetime.fromisoformat(e["ts"]).utcoffset() is not None for e in events)
+    assert "node_started" in {e["kind"] for e in events}

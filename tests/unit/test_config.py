@@ -73,6 +73,13 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in str(info.value)
 
 
+def test_other_scpnode_variables_are_not_keys() -> None:
+    s = load_settings(None, env={"SCPNODE_CACHE_DIR": "/x", "SCPNODE_CONFIG": ""})
+    assert s.node.port == 11112
+    with pytest.raises(ConfigError, match="nodes"):
+        load_settings(None, env={"SCPNODE_NODES__PORT": "1"})
+
+
 def test_bad_env_value_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"node\.port"):
         load_settings(None, env={"SCPNODE_NODE__PORT": "many"})
