@@ -173,7 +173,7 @@ def train_binary(
             order = _epoch_order(y_train, rng, neg_per_pos)
             hist.train_loss.append(_train_epoch(model, opt, x_train, y_train, order, batch_size))
             schedule.step()
-            val_logits = predict_logits(model, x_val, batch_size=batch_size)
+            val_logits = predict_logits(model, x_val, batch_size=max(batch_size, 64))
             hist.val_loss.append(_bce(val_logits, y_val, neg_per_pos))
             log(
                 f"epoch {epoch + 1}/{epochs}: train loss {hist.train_loss[-1]:.4f}, "

@@ -13,13 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from scpnode import audit
 from scpnode.db import Database
 from scpnode.db.models import DeliveryAttemptRow, DeliveryRow, ResultRow, SrRow, StudyRow
+from scpnode.db.session import rowcount
 from scpnode.domain import AuditKind, DeliveryState, StudyState
 from scpnode.send import Outcome, Peer, SendResult, store_file
 
@@ -100,7 +102,7 @@ class Deliverer:
             handled += 1
         return handled
 
-    def _due(self, now: datetime) -> object:
+    def _due(self, now: datetime) -> ColumnElement[bool]:
         return (
             (DeliveryRow.state == DeliveryState.PENDING)
             & (DeliveryRow.next_attempt_at <= now)
@@ -116,11 +118,13 @@ class Deliverer:
                 .order_by(DeliveryRow.next_attempt_at)
                 .limit(5)
             ):
-                taken = session.execute(
-                    update(DeliveryRow)
-                    .where(DeliveryRow.id == row.id, self._due(now))
-                    .values(claimed_until=now + timedelta(seconds=self.claim_s))
-                ).rowcount
+                taken = rowcount(
+                    session.execute(
+                        update(DeliveryRow)
+                        .where(DeliveryRow.id == row.id, self._due(now))
+                        .values(claimed_until=now + timedelta(seconds=self.claim_s))
+                    )
+                )
                 if taken != 1:
                     continue
                 if now >= row.expires_at:
@@ -177,7 +181,7 @@ class Deliverer:
         self, session: Session, row: DeliveryRow, result: SendResult, now: datetime
     ) -> None:
         study_uid = _study_uid(session, row)
-        detail = {
+        detail: dict[str, Any] = {
             "destination": row.destination,
             "attempt": row.attempts,
             "status": None if result.status is None else f"0x{result.status:04X}",

@@ -29,7 +29,7 @@ class PacsStandIn:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, self._store),
             (evt.EVT_CONN_OPEN, lambda e: disable_nagle(assoc_socket(e.assoc))),
         ]

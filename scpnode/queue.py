@@ -17,6 +17,7 @@ from scpnode import audit
 from scpnode.completion import StudyActivity, completion_reason
 from scpnode.db import Database
 from scpnode.db.models import AssociationRow, InstanceRow, JobRow, StudyRow
+from scpnode.db.session import rowcount
 from scpnode.domain import AuditKind, JobState, StudyState
 
 MAX_ATTEMPTS = 3
@@ -70,15 +71,17 @@ def _activity(session: Session, study: StudyRow) -> StudyActivity:
 
 
 def _queue_study(session: Session, study: StudyRow, reason: str, now: datetime) -> bool:
-    moved = session.execute(
-        update(StudyRow)
-        .where(
-            StudyRow.id == study.id,
-            StudyRow.state == StudyState.RECEIVING,
-            StudyRow.last_received_at == study.last_received_at,
+    moved = rowcount(
+        session.execute(
+            update(StudyRow)
+            .where(
+                StudyRow.id == study.id,
+                StudyRow.state == StudyState.RECEIVING,
+                StudyRow.last_received_at == study.last_received_at,
+            )
+            .values(state=StudyState.QUEUED, state_changed_at=now)
         )
-        .values(state=StudyState.QUEUED, state_changed_at=now)
-    ).rowcount
+    )
     if moved != 1:
         return False
     session.add(JobRow(study_id=study.id, state=JobState.QUEUED, created_at=now, attempts=0))
@@ -105,17 +108,19 @@ def claim(db: Database, owner: str, lease_s: float, now: datetime) -> ClaimedJob
             ).first()
             if job is None:
                 return None
-            taken = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job.id, claimable)
-                .values(
-                    state=JobState.RUNNING,
-                    lease_owner=owner,
-                    claimed_at=now,
-                    lease_expires_at=now + timedelta(seconds=lease_s),
-                    attempts=JobRow.attempts + 1,
+            taken = rowcount(
+                session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job.id, claimable)
+                    .values(
+                        state=JobState.RUNNING,
+                        lease_owner=owner,
+                        claimed_at=now,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        attempts=JobRow.attempts + 1,
+                    )
                 )
-            ).rowcount
+            )
             if taken != 1:
                 continue
             return _start(session, job, owner, now)
@@ -160,15 +165,17 @@ def _start(session: Session, job: JobRow, owner: str, now: datetime) -> ClaimedJ
 def heartbeat(db: Database, job_id: int, owner: str, lease_s: float, now: datetime) -> bool:
     with db.session() as session:
         return (
-            session.execute(
-                update(JobRow)
-                .where(
-                    JobRow.id == job_id,
-                    JobRow.lease_owner == owner,
-                    JobRow.state == JobState.RUNNING,
+            rowcount(
+                session.execute(
+                    update(JobRow)
+                    .where(
+                        JobRow.id == job_id,
+                        JobRow.lease_owner == owner,
+                        JobRow.state == JobState.RUNNING,
+                    )
+                    .values(lease_expires_at=now + timedelta(seconds=lease_s))
                 )
-                .values(lease_expires_at=now + timedelta(seconds=lease_s))
-            ).rowcount
+            )
             == 1
         )
 
@@ -198,10 +205,12 @@ def settle_study(
 ) -> bool:
     """Leave `processing` for `state`, unless new instances reopened the study meanwhile."""
     return (
-        session.execute(
-            update(StudyRow)
-            .where(StudyRow.id == study_id, StudyRow.state == StudyState.PROCESSING)
-            .values(state=state, state_changed_at=now, reason=reason)
-        ).rowcount
+        rowcount(
+            session.execute(
+                update(StudyRow)
+                .where(StudyRow.id == study_id, StudyRow.state == StudyState.PROCESSING)
+                .values(state=state, state_changed_at=now, reason=reason)
+            )
+        )
         == 1
     )

@@ -20,6 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE: how every conditional transition checks that it won."""
+    return int(result.rowcount)
+
+
 class Database:
     """An engine plus a session factory; `session()` commits on success, rolls back on error."""
 

@@ -56,7 +56,7 @@ def storage_contexts(accept_all_storage: bool) -> list[PresentationContext]:
     """Verification plus every storage SOP class, or CT Image / Enhanced CT only."""
     syntaxes = decodable_transfer_syntaxes()
     classes = (
-        [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+        [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
         if accept_all_storage
         else sorted(CT_SOP_CLASSES)
     )

@@ -253,7 +253,7 @@ _REJECT_TEXT = {
 
 
 def _reject_reason(assoc: Any) -> tuple[int, int, int]:
-    primitive = getattr(assoc.acceptor, "primitive", None)
+    primitive: Any = getattr(assoc.acceptor, "primitive", None)
     try:
         return (int(primitive.result), int(primitive.result_source), int(primitive.diagnostic))
     except (AttributeError, TypeError, ValueError):

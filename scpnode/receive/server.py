@@ -45,7 +45,7 @@ class ReceiveServer:
         ae.supported_contexts = storage_contexts(self.node.accept_all_storage)
         return ae
 
-    def _evt_handlers(self) -> list[tuple[Any, Any]]:
+    def _evt_handlers(self) -> list[Any]:
         h = self.handlers
         return [
             (evt.EVT_CONN_OPEN, h.on_conn_open),

@@ -22,7 +22,7 @@ def write_ct(
     intercept: float = -1024.0,
 ) -> pydicom.Dataset:
     """Write an HU array as a CT slice (CT_small.dcm's header, new pixels and geometry)."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     stored = np.round((hu - intercept) / slope).astype(np.int16)
     ds.Rows, ds.Columns = stored.shape
     ds.PixelData = stored.tobytes()

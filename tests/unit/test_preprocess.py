@@ -1,6 +1,7 @@
 """The shared HU → input transform: window, body crop, determinism, train/serve identity."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -11,7 +12,7 @@ from pydicom.uid import generate_uid
 from model_zoo.preprocess import body_box, hu_batch_to_input, hu_to_input, lung_window
 from scpnode.infer.dicom_slices import read_slices_hu
 
-PARAMS = {"mean": 0.5, "std": 0.25}
+PARAMS: dict[str, Any] = {"mean": 0.5, "std": 0.25}
 
 
 def phantom(n: int = 256, padding: float = -3024.0, table: bool = True) -> np.ndarray:
@@ -29,7 +30,7 @@ def phantom(n: int = 256, padding: float = -3024.0, table: bool = True) -> np.nd
 
 
 def write_ct(path: Path, hu: np.ndarray, *, window: tuple[float, float]) -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     ds.Rows, ds.Columns = hu.shape
     ds.PixelData = np.round(hu + 1024).astype(np.int16).tobytes()
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024

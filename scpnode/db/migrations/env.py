@@ -9,7 +9,7 @@ target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")
 
 if connection is None:  # `alembic` CLI use during development
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(str(context.config.get_main_option("sqlalchemy.url")))
     with engine.begin() as connection:
         context.configure(
             connection=connection, target_metadata=target_metadata, render_as_batch=True
