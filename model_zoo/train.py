@@ -9,6 +9,7 @@ an extra library, and the same functions score slices and studies.
 from __future__ import annotations
 
 import copy
+import io
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -193,9 +194,15 @@ def train_binary(
 
 
 def save_weights(model: nn.Module, path: Path | str) -> None:
-    """Write the state dict (contiguous CPU tensors) for ``torch.load(weights_only=True)``."""
+    """Write the state dict (contiguous CPU tensors) for ``torch.load(weights_only=True)``.
+
+    Serialised through a buffer: saved to a path, torch names the archive after the file, so
+    the same weights written under a temporary name would hash differently.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, Path(path))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(path).write_bytes(buffer.getvalue())
 
 
 # --- metrics ------------------------------------------------------------------------------
