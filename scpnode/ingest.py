@@ -12,17 +12,15 @@ import queue
 import threading
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from scpnode import audit
-from scpnode.clock import utcnow
 from scpnode.db import Database
 from scpnode.db.models import AssociationRow, InstanceRow, SrRow, StudyRow
 from scpnode.domain import AssociationOutcome, AuditKind, StudyState
-from scpnode.headers import UnreadableDataset, read_header
 from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
@@ -31,7 +29,7 @@ from scpnode.receive.records import (
     InstanceRefused,
     Record,
 )
-from scpnode.spool import Spool, StoreKind, file_sha256
+from scpnode.spool import StoreKind
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -245,58 +243,38 @@ def record_instance(session: Session, rec: InstanceReceived, assoc_id: int | Non
     is_own = header.is_own or _is_our_sr(session, header.sop_uid)
     study = _study_for(session, header.study_uid, rec, is_own)
     row = session.scalar(select(InstanceRow).where(InstanceRow.sop_instance_uid == header.sop_uid))
-    if assoc_id is not None and rec.kind != StoreKind.DUPLICATE:
+    event: dict[str, Any] = dict(study_uid=header.study_uid, association_id=assoc_id, now=rec.at,
+                 sop_instance_uid=header.sop_uid)  # fmt: skip
+    if rec.kind != StoreKind.DUPLICATE and assoc_id is not None:
         session.execute(
             update(AssociationRow)
             .where(AssociationRow.id == assoc_id)
             .values(instances=AssociationRow.instances + 1, bytes=AssociationRow.bytes + rec.size)
         )
     if row is not None and rec.kind == StoreKind.DUPLICATE:
-        audit.append(
-            session,
-            AuditKind.INSTANCE_DUPLICATE,
-            study_uid=header.study_uid,
-            association_id=assoc_id,
-            now=rec.at,
-            sop_instance_uid=header.sop_uid,
-        )
+        audit.append(session, AuditKind.INSTANCE_DUPLICATE, **event)
         return
-    fields = {**header.row_fields(), "is_own": is_own}
-    if row is None:
-        row = InstanceRow(
-            study_id=study.id,
-            series_instance_uid=header.series_uid,
-            sop_instance_uid=header.sop_uid,
-            versions=1,
-            **fields,
-        )
-        session.add(row)
-    else:
-        for name, value in fields.items():
-            setattr(row, name, value)
-        row.versions += 1
-        audit.append(
-            session,
-            AuditKind.INSTANCE_REPLACED,
-            study_uid=header.study_uid,
-            association_id=assoc_id,
-            now=rec.at,
-            sop_instance_uid=header.sop_uid,
-            kept_aside=rec.kept_aside,
-        )
-    row.association_id, row.calling_aet, row.path = assoc_id, rec.calling_aet, rec.path
-    row.bytes, row.sha256, row.received_at = rec.size, rec.sha256, rec.at
+    if row is not None:
+        audit.append(session, AuditKind.INSTANCE_REPLACED, kept_aside=rec.kept_aside, **event)
+    _upsert(session, row, rec, study, assoc_id, is_own)
     if is_own:
-        audit.append(
-            session,
-            AuditKind.OWN_OBJECT_RECEIVED,
-            study_uid=header.study_uid,
-            association_id=assoc_id,
-            now=rec.at,
-            sop_instance_uid=header.sop_uid,
-        )
+        audit.append(session, AuditKind.OWN_OBJECT_RECEIVED, **event)
     else:
         _touch_study(session, study, rec.at, assoc_id)
+
+
+def _upsert(session: Session, row: InstanceRow | None, rec: InstanceReceived, study: StudyRow,
+            assoc_id: int | None, is_own: bool) -> None:  # fmt: skip
+    if row is None:
+        row = InstanceRow(sop_instance_uid=rec.header.sop_uid, versions=0)
+        session.add(row)
+    for name, value in rec.header.row_fields().items():
+        setattr(row, name, value)
+    # a re-send may even move the instance to another series or study: follow it
+    row.study_id, row.series_instance_uid = study.id, rec.header.series_uid
+    row.versions = (row.versions or 0) + 1
+    row.is_own, row.association_id, row.calling_aet = is_own, assoc_id, rec.calling_aet
+    row.path, row.bytes, row.sha256, row.received_at = rec.path, rec.size, rec.sha256, rec.at
 
 
 def _is_our_sr(session: Session, sop_uid: str) -> bool:
@@ -334,71 +312,3 @@ def _touch_study(session: Session, study: StudyRow, at: datetime, assoc_id: int 
         )
         study.state, study.state_changed_at, study.reason = StudyState.RECEIVING, at, None
     session.flush()
-
-
-def reconcile(db: Database, spool: Spool) -> int:
-    """Put spool files without an instance row back into the database; close stale associations."""
-    now = utcnow()
-    with db.session() as session:
-        stale = session.scalars(
-            select(AssociationRow).where(AssociationRow.outcome == AssociationOutcome.OPEN)
-        ).all()
-        for row in stale:
-            row.outcome, row.ended_at = AssociationOutcome.ABORTED, now
-            audit.append(
-                session,
-                AuditKind.ASSOCIATION_ABORTED,
-                association_id=row.id,
-                now=now,
-                reason="node stopped before the association ended",
-            )
-    added = 0
-    for study_dir in _study_dirs(spool):
-        added += _reconcile_study(db, study_dir)
-    return added
-
-
-def _study_dirs(spool: Spool) -> list[Path]:
-    if not spool.root.exists():
-        return []
-    return [p for p in spool.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-
-
-def _reconcile_study(db: Database, study_dir: Path) -> int:
-    with db.session() as session:
-        known = set(
-            session.scalars(
-                select(InstanceRow.path)
-                .join(StudyRow, StudyRow.id == InstanceRow.study_id)
-                .where(StudyRow.study_instance_uid == study_dir.name)
-            )
-        )
-        added = 0
-        for path in sorted(study_dir.glob("*/*.dcm")):
-            if str(path) in known:
-                continue
-            try:
-                header = read_header(path)
-            except UnreadableDataset:
-                log.error("spool file unreadable, left in place", extra={"path": str(path)})
-                continue
-            digest, size = file_sha256(path)
-            rec = InstanceReceived(
-                key=0,
-                calling_aet="",
-                header=header,
-                kind=StoreKind.STORED,
-                path=str(path),
-                sha256=digest,
-                size=size,
-                at=utcnow(),
-            )
-            record_instance(session, rec, None)
-            audit.append(
-                session,
-                AuditKind.INSTANCE_RECONCILED,
-                study_uid=header.study_uid,
-                sop_instance_uid=header.sop_uid,
-            )
-            added += 1
-        return added

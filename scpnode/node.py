@@ -21,8 +21,9 @@ from scpnode.app import load_checked_card, node_identity, open_database, resolve
 from scpnode.clock import utcnow
 from scpnode.config import Settings
 from scpnode.domain import AuditKind
-from scpnode.ingest import Recorder, reconcile
+from scpnode.ingest import Recorder
 from scpnode.receive.server import ReceiveServer
+from scpnode.reconcile import reconcile
 from scpnode.schedule import Scheduler
 from scpnode.spool import Spool
 

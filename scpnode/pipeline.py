@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scpnode import audit, report, scope, uids
@@ -26,17 +25,14 @@ from scpnode.aggregate import aggregate
 from scpnode.config import Settings
 from scpnode.db import Database
 from scpnode.db.models import (
-    DeliveryRow,
     InstanceRow,
     ResultRow,
     SliceScoreRow,
-    SrRow,
     StudyRow,
 )
 from scpnode.delivery import refresh_study_state
 from scpnode.domain import (
     AuditKind,
-    DeliveryState,
     JobState,
     ModelIdentity,
     NodeIdentity,
@@ -46,8 +42,8 @@ from scpnode.domain import (
 )
 from scpnode.infer.dicom_slices import SliceReadError, read_slices_hu
 from scpnode.infer.engine import LoadedModel, predict
+from scpnode.outbox import next_instance_number, previous_report, register_sr
 from scpnode.queue import ClaimedJob, finish_job, settle_study
-from scpnode.spool import file_sha256
 
 log = logging.getLogger(__name__)
 SR_SERIES_NUMBER = 9901
@@ -236,7 +232,7 @@ def _finish_not_analysed(
             node=ctx.node,
             series_instance_uid=uids.sr_series_uid(job.study_uid, ctx.node.device_uid),
             sop_instance_uid=sop_uid,
-            instance_number=_next_instance_number(session, job.study_id),
+            instance_number=next_instance_number(session, job.study_id),
             series_number=SR_SERIES_NUMBER,
             now=now,
         )
@@ -250,7 +246,9 @@ def _finish_not_analysed(
         )
         session.add(result)
         session.flush()
-        _store_sr(ctx, session, job, result, sr, "not_analysed", now)
+        register_sr(
+            session, ctx.settings, job.study_id, job.study_uid, result.id, sr, "not_analysed", now
+        )
         audit.append(
             session,
             AuditKind.STUDY_NOT_ANALYSED,
@@ -278,9 +276,9 @@ def _finish_analysed(
             node=ctx.node,
             series_instance_uid=uids.sr_series_uid(job.study_uid, ctx.node.device_uid),
             sop_instance_uid=sop_uid,
-            instance_number=_next_instance_number(session, job.study_id),
+            instance_number=next_instance_number(session, job.study_id),
             series_number=SR_SERIES_NUMBER,
-            predecessors=_predecessors(session, job.study_id),
+            predecessors=previous_report(session, job.study_id),
             now=now,
         )
         result = _analysed_row(ctx, job, analysis, now)
@@ -297,7 +295,9 @@ def _finish_analysed(
             for s in analysis.scores
         )
         _audit_result(session, job, analysis, model, now)
-        _store_sr(ctx, session, job, result, sr, "result", now)
+        register_sr(
+            session, ctx.settings, job.study_id, job.study_uid, result.id, sr, "result", now
+        )
         _settle(session, job, result, analysis.fingerprint, StudyState.REPORTED, now, None)
 
 
@@ -372,73 +372,6 @@ def _result_row(
     )
 
 
-def _store_sr(
-    ctx: PipelineContext,
-    session: Session,
-    job: ClaimedJob,
-    result: ResultRow,
-    sr: Dataset,
-    kind: str,
-    now: datetime,
-) -> SrRow:
-    """Write the SR once to the outbox, register it, and open one delivery per destination."""
-    existing = session.scalar(select(SrRow).where(SrRow.sop_instance_uid == sr.SOPInstanceUID))
-    if existing is not None:  # an input seen before: resend that very report
-        return existing
-    path = write_outbox(ctx.settings.outbox_dir, job.study_uid, sr)
-    digest, size = file_sha256(path)
-    row = SrRow(
-        study_id=job.study_id,
-        result_id=result.id,
-        sop_instance_uid=sr.SOPInstanceUID,
-        series_instance_uid=sr.SeriesInstanceUID,
-        kind=kind,
-        path=str(path),
-        sha256=digest,
-        bytes=size,
-        created_at=now,
-    )
-    session.add(row)
-    session.flush()
-    expires = now + timedelta(hours=ctx.settings.delivery.max_age_h)
-    for dest in ctx.settings.destinations:
-        session.add(
-            DeliveryRow(
-                sr_id=row.id,
-                study_id=job.study_id,
-                destination=dest.name,
-                ae_title=dest.ae_title,
-                host=dest.host,
-                port=dest.port,
-                state=DeliveryState.PENDING,
-                attempts=0,
-                created_at=now,
-                expires_at=expires,
-                next_attempt_at=now,
-            )
-        )
-    audit.append(
-        session,
-        AuditKind.SR_CREATED,
-        study_uid=job.study_uid,
-        now=now,
-        sr_sop_instance_uid=row.sop_instance_uid,
-        kind=kind,
-        bytes=size,
-        destinations=[d.name for d in ctx.settings.destinations],
-    )
-    return row
-
-
-def write_outbox(outbox: Path, study_uid: str, sr: Dataset) -> Path:
-    target = outbox / study_uid / f"{sr.SOPInstanceUID}.dcm"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_suffix(f".{os.getpid()}.part")
-    temp.write_bytes(report.sr_to_bytes(sr))
-    temp.replace(target)
-    return target
-
-
 def _settle(
     session: Session,
     job: ClaimedJob,
@@ -454,25 +387,6 @@ def _settle(
     settle_study(session, job.study_id, state, now, reason)
     refresh_study_state(session, job.study_id)
     finish_job(session, job.job_id, JobState.DONE, now)
-
-
-def _next_instance_number(session: Session, study_id: int) -> int:
-    count = session.scalar(
-        select(func.count()).select_from(SrRow).where(SrRow.study_id == study_id)
-    )
-    return int(count or 0) + 1
-
-
-def _predecessors(session: Session, study_id: int) -> list[Dataset]:
-    latest = session.scalars(
-        select(SrRow)
-        .where(SrRow.study_id == study_id, SrRow.kind == "result")
-        .order_by(SrRow.id.desc())
-        .limit(1)
-    ).first()
-    if latest is None or not Path(latest.path).exists():
-        return []
-    return [pydicom.dcmread(latest.path, stop_before_pixels=True)]
 
 
 def _header(path: Path) -> Dataset:

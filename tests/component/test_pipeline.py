@@ -28,10 +28,11 @@ from scpnode.audit_views import list_studies, show_study
 from scpnode.clock import utcnow
 from scpnode.config import Settings, load_settings
 from scpnode.db.models import DeliveryRow
-from scpnode.ingest import Recorder, reconcile
+from scpnode.ingest import Recorder
 from scpnode.pacs_standin import PacsStandIn
 from scpnode.queue import sweep_completions
 from scpnode.receive.server import ReceiveServer
+from scpnode.reconcile import reconcile
 from scpnode.send import Peer, store_datasets
 from scpnode.spool import Spool
 from scpnode.synth import (
