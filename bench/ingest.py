@@ -25,6 +25,7 @@ from scpnode.ingest import Recorder
 from scpnode.receive.server import ReceiveServer
 from scpnode.spool import Spool
 from scpnode.synth import make_study_spec, write_study
+from tests.conftest import need
 from tests.system.peers import free_port
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -34,7 +35,7 @@ def send(folder: Path, port: int, aec: str) -> float:
     started = time.perf_counter()
     subprocess.run(
         [
-            "storescu",
+            need("storescu"),
             "-aet",
             "BENCH",
             "-aec",
@@ -55,7 +56,9 @@ def send(folder: Path, port: int, aec: str) -> float:
 def run_storescp(folder: Path, out: Path) -> float:
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)], env=ENV)
+    proc = subprocess.Popen(
+        [need("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)], env=ENV
+    )
     try:
         time.sleep(0.5)
         return send(folder, port, "STORESCP")

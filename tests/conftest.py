@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +24,20 @@ from scpnode.spool import Spool
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+def native_binary(name: str) -> str | None:
+    """The compiled peer on PATH (dcmtk, dicom3tools, Orthanc), never a Python script of the
+    same name: pynetdicom installs its own `storescu`/`storescp` into the virtualenv."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            with candidate.open("rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return str(candidate)
+    return None
+
+
 def need(binary: str) -> str:
-    path = shutil.which(binary)
+    path = native_binary(binary)
     if path is None:
         pytest.skip(f"{binary} not installed (apt-get install dcmtk dicom3tools orthanc)")
     return path

@@ -74,7 +74,7 @@ enabled = false
 def storescu(node: ServeProcess, folder: Path, aet: str = "CT01") -> None:
     run = subprocess.run(
         [
-            "storescu",
+            need("storescu"),
             "-aet",
             aet,
             "-aec",
