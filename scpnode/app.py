@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from model_zoo.card import ModelCard, load_card
+from model_zoo.card import ModelCard, load_card, verify_weights
 from scpnode import __version__, scope
 from scpnode.clock import utcnow
 from scpnode.config import Settings
@@ -45,15 +45,19 @@ def resolve_weights(settings: Settings, *, train: bool, log: Callable[[str], Non
     return path
 
 
-def check_model_policy(settings: Settings, card: ModelCard) -> None:
-    """No synthetic finding may reach a real PACS by accident."""
-    if card.synthetic and settings.destinations and not settings.model.allow_synthetic:
+def check_model_policy(settings: Settings, card: ModelCard | None) -> None:
+    """No synthetic finding may reach a real PACS by accident.
+
+    `card` None means the demo weights (synthetic by definition), checked before any training.
+    """
+    synthetic = card is None or card.synthetic
+    if synthetic and settings.destinations and not settings.model.allow_synthetic:
         raise StartupError(
             "model.allow_synthetic: the model in use has SYNTHETIC demo weights (not trained on "
             "patient data) and destinations are configured; set model.weights to real weights, "
             "or model.allow_synthetic = true for a test setup"
         )
-    if card.architecture != settings.model.name:
+    if card is not None and card.architecture != settings.model.name:
         raise StartupError(
             f"model.name: {settings.model.name!r} does not match the weights' card "
             f"({card.architecture!r})"
@@ -61,8 +65,10 @@ def check_model_policy(settings: Settings, card: ModelCard) -> None:
 
 
 def load_checked_card(settings: Settings, weights: Path) -> ModelCard:
+    """The weights' card, after checking the weights hash to it and the policy allows it."""
     try:
         card = load_card(weights)
+        verify_weights(weights, card)
     except ValueError as exc:
         raise StartupError(f"model.weights: {exc}") from None
     check_model_policy(settings, card)

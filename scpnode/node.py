@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 from scpnode import audit
-from scpnode.app import load_checked_card, node_identity, open_database, resolve_weights
+from scpnode.app import (
+    check_model_policy,
+    load_checked_card,
+    node_identity,
+    open_database,
+    resolve_weights,
+)
 from scpnode.clock import utcnow
 from scpnode.config import Settings
 from scpnode.domain import AuditKind
@@ -103,6 +109,8 @@ class Node:
 
     def prepare(self) -> None:
         """Check the model policy, build demo weights if needed, reconcile spool and DB."""
+        if self.settings.model.weights is None:
+            check_model_policy(self.settings, None)  # refuse before spending minutes training
         weights = resolve_weights(self.settings, train=True, log=self.say)  # type: ignore[arg-type]
         card = load_checked_card(self.settings, weights)
         if card.synthetic:
