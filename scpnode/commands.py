@@ -51,7 +51,7 @@ def _register_data(sub: Adder) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_synth)
     p = sub.add_parser("simulate", help="a scanner: send synthetic studies over C-STORE")
-    p.add_argument("--to", required=True, metavar="HOST:PORT")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", type=_address)
     p.add_argument("--called-aet", default="SCPNODE")
     p.add_argument("--calling-aet", default="SIMSCANNER")
     p.add_argument("--studies", type=_positive, default=2)
@@ -98,6 +98,13 @@ def _register_models(sub: Adder) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(handler=cmd_models_train)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def _positive(text: str) -> int:
@@ -162,9 +169,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from scpnode.simulate import parse_address, simulate
+    from scpnode.simulate import simulate
 
-    host, port = parse_address(args.to)
+    host, port = args.to
     report = simulate(
         host,
         port,

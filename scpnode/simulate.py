@@ -39,13 +39,6 @@ class SimulationReport:
         return out
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--to: expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def simulate(
     host: str,
     port: int,

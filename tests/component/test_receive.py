@@ -220,3 +220,40 @@ def test_offered_transfer_syntaxes(make_scp, accept_all: bool) -> None:
     assert "1.2.840.10008.1.2.4.50" not in ct.transfer_syntax  # lossy JPEG: never
     n_storage = len(scp.server.ae.supported_contexts) - 1
     assert (n_storage > 100) if accept_all else (n_storage == 2)
+
+
+def test_simulate_cli_sends_one_association_per_series(make_scp, capsys) -> None:
+    from scpnode.cli import main
+
+    scp = make_scp()
+    args = [
+        "simulate",
+        "--to",
+        f"127.0.0.1:{scp.port}",
+        "--called-aet",
+        scp.ae_title,
+        "--calling-aet",
+        "SIMCT",
+        "--studies",
+        "2",
+        "--slices",
+        "4",
+        "--seed",
+        "5",
+    ]
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("4/4 instances stored") == 2
+    scp.finish()
+    with scp.db.session() as s:
+        assocs = s.scalars(select(AssociationRow)).all()
+        studies = s.scalars(select(StudyRow)).all()
+    assert [(a.calling_aet, a.instances) for a in assocs] == [("SIMCT", 4), ("SIMCT", 4)]
+    assert len(studies) == 2
+
+
+def test_simulate_cli_rejects_a_bad_address() -> None:
+    from scpnode.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--to", "nowhere"])
+    assert exit_info.value.code == 2
