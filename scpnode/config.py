@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scpnode.domain import CHEST_KEYWORDS, LUNG_KERNELS
+
 ENV_PREFIX = "SCPNODE_"
 CONFIG_ENV = "SCPNODE_CONFIG"
 
@@ -71,16 +73,8 @@ class StudySettings(_Section):
     # additions
     association_grace_s: float = Field(default=2.0, ge=0)
     min_slices: int = Field(default=10, ge=1)
-    chest_keywords: tuple[str, ...] = ("CHEST", "THORA", "LUNG", "PULM")
-    lung_kernels: tuple[str, ...] = (
-        "LUNG",
-        r"^B[LR]?[5-9]\d",
-        r"^I[5-9]\d",
-        r"^FC[58]\d",
-        r"^L$",
-        r"^Y[A-D]$",
-        "BONEPLUS",
-    )
+    chest_keywords: tuple[str, ...] = CHEST_KEYWORDS
+    lung_kernels: tuple[str, ...] = LUNG_KERNELS
 
     @field_validator("lung_kernels")
     @classmethod

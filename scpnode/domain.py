@@ -8,6 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Scope rules (DESIGN §7), shared by the settings defaults and `scope.ScopeRules`.
+CHEST_KEYWORDS = ("CHEST", "THORA", "LUNG", "PULM")
+LUNG_KERNELS = (
+    "LUNG", r"^B[LR]?[5-9]\d", r"^I[5-9]\d", r"^FC[58]\d", r"^L$", r"^Y[A-D]$", "BONEPLUS",
+)  # fmt: skip
+
 
 class StudyState(StrEnum):
     """Life cycle of a study; the last four are derived from its deliveries (DESIGN §4)."""

@@ -107,19 +107,7 @@ class Recorder:
             _refused(session, record, self._assoc_ids.get(record.key))
 
     def _opened(self, session: Session, rec: AssociationOpened) -> None:
-        row = AssociationRow(
-            calling_aet=rec.calling_aet,
-            called_aet=rec.called_aet,
-            peer_host=rec.peer_host,
-            peer_port=rec.peer_port,
-            started_at=rec.at,
-            outcome=AssociationOutcome.OPEN,
-            instances=0,
-            failures=0,
-            bytes=0,
-        )
-        session.add(row)
-        session.flush()
+        row = _association_row(session, rec, AssociationOutcome.OPEN)
         self._assoc_ids[rec.key] = row.id
         audit.append(
             session,
@@ -185,23 +173,25 @@ def _summarise_association(session: Session, assoc_id: int, at: datetime) -> Non
         )
 
 
-def _rejected(session: Session, rec: AssociationRejected) -> None:
+def _association_row(
+    session: Session, rec: AssociationOpened | AssociationRejected, outcome: str
+) -> AssociationRow:
     row = AssociationRow(
-        calling_aet=rec.calling_aet,
-        called_aet=rec.called_aet,
-        peer_host=rec.peer_host,
-        peer_port=rec.peer_port,
-        started_at=rec.at,
-        ended_at=rec.at,
-        outcome=AssociationOutcome.REJECTED,
-        instances=0,
-        failures=0,
+        calling_aet=rec.calling_aet, called_aet=rec.called_aet, peer_host=rec.peer_host,
+        peer_port=rec.peer_port, started_at=rec.at, outcome=outcome, instances=0, failures=0,
         bytes=0,
-        detail=f"{rec.reason} (result {rec.result}, source {rec.source}, "
-        f"diagnostic {rec.diagnostic})",
-    )
+    )  # fmt: skip
     session.add(row)
     session.flush()
+    return row
+
+
+def _rejected(session: Session, rec: AssociationRejected) -> None:
+    row = _association_row(session, rec, AssociationOutcome.REJECTED)
+    row.ended_at = rec.at
+    row.detail = (
+        f"{rec.reason} (result {rec.result}, source {rec.source}, diagnostic {rec.diagnostic})"
+    )
     audit.append(
         session,
         AuditKind.ASSOCIATION_REJECTED,

@@ -82,7 +82,7 @@ class _Analysis:
 def process_job(ctx: PipelineContext, job: ClaimedJob) -> None:
     """Run one claimed job; every outcome ends in a study state and an audit event."""
     rows = _instances(ctx.db, job.study_id)
-    decision = scope.decide([_info(r) for r in rows], ctx.rules)
+    decision = scope.decide(rows, ctx.rules)
     if decision.verdict == scope.Verdict.IGNORE:
         _finish_ignored(ctx, job, decision.reason)
         return
@@ -128,25 +128,6 @@ def _instances(db: Database, study_id: int) -> list[InstanceRow]:
                 .order_by(InstanceRow.id)
             )
         )
-
-
-def _info(row: InstanceRow) -> scope.InstanceInfo:
-    return scope.InstanceInfo(
-        sop_instance_uid=row.sop_instance_uid,
-        series_instance_uid=row.series_instance_uid,
-        sop_class_uid=row.sop_class_uid,
-        patient_id=row.patient_id,
-        modality=row.modality,
-        body_part=row.body_part,
-        study_description=row.study_description,
-        series_description=row.series_description,
-        protocol_name=row.protocol_name,
-        image_type=row.image_type,
-        kernel=row.kernel,
-        slice_thickness=row.slice_thickness,
-        orientation=row.orientation,
-        position=row.position,
-    )
 
 
 def _unchanged(ctx: PipelineContext, job: ClaimedJob, fingerprint: str) -> bool:

@@ -12,6 +12,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
+
+from scpnode.domain import CHEST_KEYWORDS, LUNG_KERNELS
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -19,38 +22,43 @@ CT_CLASSES = (CT_IMAGE, ENHANCED_CT)
 AXIAL_MIN_COS = 0.95  # |normal . z| for a series to count as axial (about 18 degrees)
 
 
-@dataclass(frozen=True)
-class InstanceInfo:
-    """The header facts selection needs; built from instance rows."""
+class InstanceInfo(Protocol):
+    """The header facts selection reads; the instance rows of the audit DB have them all."""
 
-    sop_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    patient_id: str = ""
-    modality: str = ""
-    body_part: str = ""
-    study_description: str = ""
-    series_description: str = ""
-    protocol_name: str = ""
-    image_type: str = ""
-    kernel: str = ""
-    slice_thickness: float | None = None
-    orientation: str = ""
-    position: str = ""
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def modality(self) -> str: ...
+    @property
+    def body_part(self) -> str: ...
+    @property
+    def study_description(self) -> str: ...
+    @property
+    def series_description(self) -> str: ...
+    @property
+    def protocol_name(self) -> str: ...
+    @property
+    def image_type(self) -> str: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def slice_thickness(self) -> float | None: ...
+    @property
+    def orientation(self) -> str: ...
+    @property
+    def position(self) -> str: ...
 
 
 @dataclass(frozen=True)
 class ScopeRules:
-    chest_keywords: tuple[str, ...] = ("CHEST", "THORA", "LUNG", "PULM")
-    lung_kernels: tuple[str, ...] = (
-        "LUNG",
-        r"^B[LR]?[5-9]\d",
-        r"^I[5-9]\d",
-        r"^FC[58]\d",
-        r"^L$",
-        r"^Y[A-D]$",
-        "BONEPLUS",
-    )
+    chest_keywords: tuple[str, ...] = CHEST_KEYWORDS
+    lung_kernels: tuple[str, ...] = LUNG_KERNELS
     min_slices: int = 10
     thickness_range_mm: tuple[float, float] = (0.5, 5.0)
 

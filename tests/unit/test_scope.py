@@ -1,4 +1,27 @@
-from scpnode.scope import CT_IMAGE, ENHANCED_CT, InstanceInfo, ScopeRules, Verdict, decide
+from dataclasses import dataclass
+
+from scpnode.scope import CT_IMAGE, ENHANCED_CT, ScopeRules, Verdict, decide
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What an instance row carries, for the scope rules."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    patient_id: str = ""
+    modality: str = ""
+    body_part: str = ""
+    study_description: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    image_type: str = ""
+    kernel: str = ""
+    slice_thickness: float | None = None
+    orientation: str = ""
+    position: str = ""
+
 
 AXIAL = "1\\0\\0\\0\\1\\0"
 CORONAL = "1\\0\\0\\0\\0\\-1"
