@@ -37,7 +37,7 @@ def aggregate(
     else:
         raise ValueError(f"unknown aggregation method {method!r}")
     finding = _finding(probability, threshold, indeterminate)
-    label = Label.COVID19 if probability >= threshold else Label.NON_COVID19
+    label = {Finding.PRESENT: Label.COVID19, Finding.ABSENT: Label.NON_COVID19}.get(finding)
     ranked = sorted(scores, key=lambda s: (-s.probability, s.index))
     return StudyResult(
         label=label,

@@ -94,6 +94,7 @@ def make_deliverer(db: Database, settings: Settings) -> Deliverer:
     policy = RetryPolicy(
         initial_s=settings.delivery.retry_initial_s, max_s=settings.delivery.retry_max_s
     )
+    from scpnode.report import comprehensive_sr_fallback
     from scpnode.send import store_file
 
     timeout = settings.delivery.timeout_s
@@ -102,5 +103,7 @@ def make_deliverer(db: Database, settings: Settings) -> Deliverer:
         settings.node.ae_title,
         policy,
         utcnow,
-        sender=lambda path, peer: store_file(path, peer, settings.node.ae_title, timeout),
+        sender=lambda path, peer: store_file(
+            path, peer, settings.node.ae_title, timeout, fallback=comprehensive_sr_fallback
+        ),
     )

@@ -238,6 +238,7 @@ def _sr(session: Session, sr: SrRow) -> dict[str, Any]:
                     {
                         "started_at": iso(a.started_at),
                         "outcome": a.outcome,
+                        "sop_class_uid": a.sop_class_uid,
                         "dicom_status": None
                         if a.dicom_status is None
                         else f"0x{a.dicom_status:04X}",

@@ -93,11 +93,19 @@ class ModelSettings(_Section):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     allow_synthetic: bool = False
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    indeterminate: tuple[float, float] | None = None  # [low, high]: reported Undetermined
     # additions
     aggregation: Literal["mean_top_fraction", "max", "mean"] = "mean_top_fraction"
     top_fraction: float = Field(default=0.10, gt=0.0, le=1.0)
     batch_size: int = Field(default=32, ge=1, le=4096)
     key_slices: int = Field(default=5, ge=1, le=50)
+
+    @field_validator("indeterminate")
+    @classmethod
+    def _band(cls, band: tuple[float, float] | None) -> tuple[float, float] | None:
+        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return band
 
     @field_validator("weights", mode="before")
     @classmethod

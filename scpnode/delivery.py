@@ -171,6 +171,7 @@ class Deliverer:
                     ended_at=now,
                     outcome=result.outcome,
                     dicom_status=result.status,
+                    sop_class_uid=result.sop_class_uid,
                     error=None if result.outcome == Outcome.DELIVERED else result.detail,
                 )
             )

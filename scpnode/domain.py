@@ -112,9 +112,12 @@ class SliceScore:
 
 @dataclass(frozen=True)
 class StudyResult:
-    """The study decision and how it was reached (method and threshold are reported)."""
+    """The study decision and how it was reached (method and threshold are reported).
 
-    label: Label
+    `label` is None when the probability falls in the indeterminate band (finding Undetermined).
+    """
+
+    label: Label | None
     finding: Finding
     probability: float
     threshold: float

@@ -6,25 +6,33 @@ this repository.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from scpnode.receive.handlers import assoc_socket, disable_nagle
+from scpnode.dicomnet import assoc_socket, disable_nagle
 
 
 class PacsStandIn:
+    """`answer` and `unsupported` let tests play a PACS that refuses or lacks a SOP class."""
+
     def __init__(
-        self, root: Path, ae_title: str = "DEMOPACS", *, require_called_aet: bool = False
-    ) -> None:
+        self, root: Path, ae_title: str = "DEMOPACS", *, require_called_aet: bool = False,
+        without: Iterable[str] = (),
+    ) -> None:  # fmt: skip
         self.root = root
         self.ae_title = ae_title
         self.received: list[Path] = []
         self.answer = 0x0000  # the status to answer with (a test can make it refuse)
+        self.unsupported: set[str] = set()  # SOP classes answered 0x0122 after negotiation
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = require_called_aet
-        self._ae.supported_contexts = AllStoragePresentationContexts
+        skip = set(without)  # SOP classes not even negotiated
+        self._ae.supported_contexts = [
+            cx for cx in AllStoragePresentationContexts if cx.abstract_syntax not in skip
+        ]
         self._server: Any = None
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -37,6 +45,8 @@ class PacsStandIn:
         return int(self._server.server_address[1])
 
     def _store(self, event: Any) -> int:
+        if event.request.AffectedSOPClassUID in self.unsupported:
+            return 0x0122
         if self.answer != 0x0000:
             return self.answer
         ds = event.dataset

@@ -174,6 +174,7 @@ def _analyse(
         threshold=threshold,
         method=ctx.settings.model.aggregation,
         top_fraction=ctx.settings.model.top_fraction,
+        indeterminate=ctx.settings.model.indeterminate,
         key_slices=ctx.settings.model.key_slices,
     )
     return _Analysis(
@@ -325,7 +326,8 @@ def _analysed_row(
     row.series_instance_uid, row.selection_reason = analysis.series_uid, analysis.selection
     row.threshold, row.threshold_source = r.threshold, ctx.threshold[1]
     row.aggregation, row.probability = r.aggregation, r.probability
-    row.label, row.finding, row.n_slices = str(r.label), str(r.finding), r.n_slices
+    row.label = None if r.label is None else str(r.label)
+    row.finding, row.n_slices = str(r.finding), r.n_slices
     row.device, row.inference_s = str(ctx.model.device), analysis.seconds
     return row
 

@@ -153,6 +153,26 @@ def build_not_analysed_sr(
     )
 
 
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def comprehensive_sr_fallback(ds: Dataset) -> Dataset | None:
+    """The same report as Comprehensive SR (88.33), for a PACS that does not take 88.34.
+
+    Our content has no SCOORD3D, so it is valid under 88.33 unchanged; the object gets its own
+    derived SOP Instance UID (another SOP class is another object). None for other objects.
+    """
+    if ds.SOPClassUID != COMPREHENSIVE_3D_SR:
+        return None
+    copy_ = copy.deepcopy(ds)
+    copy_.SOPClassUID = COMPREHENSIVE_SR
+    copy_.SOPInstanceUID = derive_uid("comprehensive-sr", str(ds.SOPInstanceUID))
+    copy_.file_meta.MediaStorageSOPClassUID = copy_.SOPClassUID
+    copy_.file_meta.MediaStorageSOPInstanceUID = copy_.SOPInstanceUID
+    return copy_
+
+
 def sr_to_bytes(ds: Dataset) -> bytes:
     """Part-10 file bytes (preamble, file meta): what the outbox stores and every retry sends."""
     with BytesIO() as buffer:

@@ -8,9 +8,9 @@ goes to `failed` with its reason instead of being hammered until it expires.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from scpnode.receive.handlers import assoc_socket, disable_nagle
+from scpnode.dicomnet import assoc_socket, disable_nagle, rejection_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class SendResult:
     outcome: Outcome
     status: int | None
     detail: str
+    sop_class_uid: str | None = None  # what was sent (a fallback may differ from the file)
 
 
 class AssociationFailed(Exception):
@@ -104,11 +105,12 @@ def _association_failure(assoc: Any, connected: bool) -> SendResult:
         primitive = assoc.acceptor.primitive
         result, source, diag = primitive.result, primitive.result_source, primitive.diagnostic
         outcome = Outcome.PERMANENT if result == 0x01 else Outcome.TRANSIENT
+        text = rejection_text(int(result), int(source), int(diag))
+        return SendResult(outcome, None, f"association rejected: {text}")
+    if connected and assoc.rejected_contexts and not assoc.accepted_contexts:
+        offered = ", ".join(sorted(str(cx.abstract_syntax) for cx in assoc.rejected_contexts))
         return SendResult(
-            outcome,
-            None,
-            f"association rejected ({'permanent' if result == 1 else 'transient'}; "
-            f"source {source}, reason {diag})",
+            Outcome.PERMANENT, None, f"peer accepts none of the SOP classes {offered}"
         )
     if assoc.is_aborted and connected:
         return SendResult(Outcome.TRANSIENT, None, "association aborted by peer")
@@ -117,30 +119,61 @@ def _association_failure(assoc: Any, connected: bool) -> SendResult:
     )
 
 
-def store_file(path: Path, peer: Peer, calling_aet: str, timeout_s: float = 30.0) -> SendResult:
-    """Send one stored Part-10 file (its stored bytes, re-framed as received) and classify."""
+Fallback = Callable[[Dataset], Dataset | None]
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def store_file(
+    path: Path,
+    peer: Peer,
+    calling_aet: str,
+    timeout_s: float = 30.0,
+    fallback: Fallback | None = None,
+) -> SendResult:
+    """Send one stored Part-10 file (its stored bytes, re-framed as received) and classify.
+
+    `fallback` converts the object for a peer that does not take its SOP class (no accepted
+    presentation context, or 0x0122): the same content under another SOP class, offered on
+    the same association.
+    """
     dataset = pydicom.dcmread(path)
+    alternative = fallback(dataset) if fallback is not None else None
+    classes = [dataset.SOPClassUID] + ([alternative.SOPClassUID] if alternative else [])
     try:
-        with association(peer, calling_aet, [dataset.SOPClassUID], timeout_s=timeout_s) as assoc:
-            return _send_one(assoc, dataset)
+        with association(peer, calling_aet, classes, timeout_s=timeout_s) as assoc:
+            result = _send_one(assoc, dataset)
+            if alternative is not None and _unsupported(result):
+                second = _send_one(assoc, alternative)
+                return replace(second, detail=f"{second.detail} (as fallback "
+                               f"{alternative.SOPClassUID.name} {alternative.SOPInstanceUID}, "
+                               f"after: {result.detail})")  # fmt: skip
+            return result
     except AssociationFailed as exc:
         return exc.result
     except (OSError, RuntimeError) as exc:
         return SendResult(Outcome.TRANSIENT, None, f"network error: {exc}")
 
 
+def _unsupported(result: SendResult) -> bool:
+    return result.status == SOP_CLASS_NOT_SUPPORTED or (
+        result.status is None and result.detail.startswith("peer does not accept")
+    )
+
+
 def _send_one(assoc: Any, dataset: Dataset) -> SendResult:
+    sop_class = str(dataset.SOPClassUID)
     try:
         status = assoc.send_c_store(dataset)
     except ValueError as exc:  # no accepted presentation context for this SOP class
-        return SendResult(Outcome.PERMANENT, None, f"peer does not accept the SOP class: {exc}")
+        return SendResult(Outcome.PERMANENT, None, f"peer does not accept the SOP class: {exc}",
+                          sop_class)  # fmt: skip
     if not status or "Status" not in status:
-        return SendResult(Outcome.TRANSIENT, None, "no response (timeout or abort)")
+        return SendResult(Outcome.TRANSIENT, None, "no response (timeout or abort)", sop_class)
     code = int(status.Status)
     outcome = classify_status(code)
     comment = str(status.get("ErrorComment", "") or "")
     detail = f"status 0x{code:04X}" + (f": {comment}" if comment else "")
-    return SendResult(outcome, code, detail)
+    return SendResult(outcome, code, detail, sop_class)
 
 
 def store_datasets(

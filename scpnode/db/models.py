@@ -207,6 +207,7 @@ class DeliveryAttemptRow(Base):
     ended_at: Mapped[datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(16))  # delivered | transient | permanent
     dicom_status: Mapped[int | None] = mapped_column(Integer)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)  # as sent (fallbacks differ)
     error: Mapped[str | None] = mapped_column(Text)
 
 

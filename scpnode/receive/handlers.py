@@ -7,11 +7,9 @@ a record to the recorder queue. The peer hears 0x0000 only once the file is in p
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import shutil
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 from pynetdicom import _config as pynetdicom_config
 
 from scpnode.clock import utcnow
+from scpnode.dicomnet import assoc_socket, disable_nagle, rejection_text
 from scpnode.headers import InstanceHeader, UnreadableDataset, read_header
 from scpnode.receive.records import (
     AssociationClosed,
@@ -43,18 +42,6 @@ INSTANCE_MISMATCH = 0xC003  # data set SOP Instance UID differs from the request
 INTERNAL_ERROR = 0xC0FF  # unexpected failure; logged with a traceback
 
 Sink = Callable[[Record], None]
-
-
-def disable_nagle(sock: socket.socket | None) -> None:
-    """C-STORE is request/response over small PDUs; Nagle would add ~40 ms to each."""
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed, or not TCP
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def assoc_socket(assoc: Any) -> socket.socket | None:
-    transport = getattr(getattr(assoc, "dul", None), "socket", None)
-    return getattr(transport, "socket", None)
 
 
 class StoreHandlers:
@@ -121,7 +108,7 @@ class StoreHandlers:
                 else "",
                 peer_host=str(assoc.requestor.address),
                 peer_port=int(assoc.requestor.port),
-                reason=_REJECT_TEXT.get((result, source, diagnostic), "rejected"),
+                reason=rejection_text(result, source, diagnostic),
                 result=result,
                 source=source,
                 diagnostic=diagnostic,
@@ -242,14 +229,6 @@ def _aet(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value or "").strip()[:16]
-
-
-_REJECT_TEXT = {
-    (1, 1, 3): "calling AE title not recognised",
-    (1, 1, 7): "called AE title not recognised",
-    (2, 3, 2): "local limit exceeded (max_associations)",
-    (2, 2, 1): "user identity rejected",
-}
 
 
 def _reject_reason(assoc: Any) -> tuple[int, int, int]:

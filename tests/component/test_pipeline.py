@@ -123,9 +123,11 @@ def make_rig(tmp_path: Path, random_weights: Path) -> Iterator[Any]:
     rigs: list[Rig] = []
     saved_tempdir = tempfile.tempdir
 
-    def build(*, start_pacs: bool = True, extra: str = "", pacs_aet: str = "PACS") -> Rig:
+    def build(*, start_pacs: bool = True, extra: str = "", pacs_aet: str = "PACS",
+              pacs_without: tuple[str, ...] = ()) -> Rig:  # fmt: skip
         pacs_port = free_port()
-        pacs = PacsStandIn(tmp_path / "pacs", pacs_aet, require_called_aet=True)
+        pacs = PacsStandIn(tmp_path / "pacs", pacs_aet, require_called_aet=True,
+                           without=pacs_without)  # fmt: skip
         if start_pacs:
             pacs.start(port=pacs_port)
         path = tmp_path / "node.toml"
@@ -282,7 +284,10 @@ def test_permanent_rejection_fails_without_retrying(make_rig: Any) -> None:
     row = rig.studies()[spec.study_instance_uid]
     assert row["status"] == "failed"
     (delivery,) = row["deliveries"]
-    assert delivery["status"] == "failed" and "rejected (permanent" in delivery["last_error"]
+    assert (
+        delivery["status"] == "failed"
+        and "called AE title not recognised (permanent)" in delivery["last_error"]
+    )
     time.sleep(0.7)
     assert rig.worker.deliverer.run_once() == 0  # not retried blindly
 
@@ -328,3 +333,39 @@ def _write(tmp: Path, text: str) -> Path:
     path = tmp / "node.toml"
     path.write_text(text)
     return path
+
+
+SR_3D, SR = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+@pytest.mark.parametrize("how", ["not negotiated", "0x0122"])
+def test_pacs_without_comprehensive_3d_sr_gets_comprehensive_sr(make_rig: Any, how: str) -> None:
+    rig = make_rig(pacs_without=(SR_3D,) if how == "not negotiated" else ())
+    if how == "0x0122":
+        rig.pacs.unsupported.add(SR_3D)
+    spec = make_study_spec(29, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "delivered"
+    (received,) = rig.pacs.received
+    sr = pydicom.dcmread(received)
+    assert sr.SOPClassUID == SR and sr.SOPInstanceUID != row["sr_sop_instance_uid"]
+    assert sr.ContentSequence  # the same coded content
+    outbox = pydicom.dcmread(rig.show(spec.study_instance_uid)["reports"][0]["path"])
+    assert outbox.SOPClassUID == SR_3D  # what we stored stays what we built
+    assert len(sr.ContentSequence) == len(outbox.ContentSequence)
+    (attempt,) = rig.show(spec.study_instance_uid)["reports"][0]["deliveries"][0]["attempt_log"]
+    assert attempt["sop_class_uid"] == SR and attempt["outcome"] == "delivered"
+
+
+def test_pacs_without_any_sr_class_fails_permanently(make_rig: Any) -> None:
+    rig = make_rig(pacs_without=(SR_3D, SR))
+    spec = make_study_spec(30, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    (delivery,) = rig.studies()[spec.study_instance_uid]["deliveries"]
+    assert (
+        delivery["status"] == "failed"
+        and "accepts none of the SOP classes" in (delivery["last_error"])
+    )

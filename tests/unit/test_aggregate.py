@@ -44,3 +44,10 @@ def test_indeterminate_band_and_errors() -> None:
 def test_key_slices_are_limited_and_ordered() -> None:
     r = aggregate(scores([0.1, 0.9, 0.5, 0.9, 0.2]), threshold=0.5, key_slices=3)
     assert [s.index for s in r.key_slices] == [1, 3, 2]
+
+
+def test_undetermined_has_no_label() -> None:
+    r = aggregate(scores([0.55]), threshold=0.5, indeterminate=(0.4, 0.6))
+    assert r.finding == Finding.UNDETERMINED and r.label is None
+    r = aggregate(scores([0.65]), threshold=0.5, indeterminate=(0.4, 0.6))
+    assert r.finding == Finding.PRESENT and r.label == Label.COVID19

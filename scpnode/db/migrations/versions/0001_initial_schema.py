@@ -278,6 +278,7 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("dicom_status", sa.Integer(), nullable=True),
+        sa.Column("sop_class_uid", sa.String(length=64), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["delivery_id"],

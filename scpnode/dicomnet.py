@@ -1,0 +1,38 @@
+"""Small DICOM networking facts shared by our SCP, our SCU and the PACS stand-in."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+
+def disable_nagle(sock: socket.socket | None) -> None:
+    """C-STORE is request/response over small PDUs; Nagle would add ~40 ms to each."""
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed, or not TCP
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def assoc_socket(assoc: Any) -> socket.socket | None:
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    return getattr(transport, "socket", None)
+
+
+REJECT_TEXT = {
+    (1, 1, 1): "no reason given",
+    (1, 1, 2): "application context name not supported",
+    (1, 1, 3): "calling AE title not recognised",
+    (1, 1, 7): "called AE title not recognised",
+    (2, 1, 1): "no reason given",
+    (2, 3, 1): "temporary congestion",
+    (2, 3, 2): "local limit exceeded (max_associations)",
+    (2, 2, 1): "user identity rejected",
+}
+
+
+def rejection_text(result: int, source: int, diagnostic: int) -> str:
+    """A-ASSOCIATE-RJ (PS3.8 §7.1.1.9) in words an admin can act on."""
+    kind = {1: "permanent", 2: "transient"}.get(result, f"result {result}")
+    reason = REJECT_TEXT.get((result, source, diagnostic), f"source {source}, reason {diagnostic}")
+    return f"{reason} ({kind})"
