@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from scpnode.domain import Finding, Label, ModelIdentity, NodeIdentity, SliceScore, StudyResult
-from scpnode.report import (
+from scpnode.report.sr import (
     MAX_KEY_SLICES,
     NOT_ANALYSED_HEAD,
     RESEARCH_MARK,
