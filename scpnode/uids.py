@@ -44,3 +44,20 @@ def sr_series_uid(study_uid: str, node_device: str) -> str:
 def sr_instance_uid(study_uid: str, input_fingerprint: str, model_tag: str) -> str:
     """Same study, same analysed instances, same model: same SOP Instance UID."""
     return derive_uid("sr-instance", study_uid, input_fingerprint, model_tag)
+
+
+def key_objects_series_uid(study_uid: str, node_device: str) -> str:
+    return derive_uid("kos-series", study_uid, node_device)
+
+
+def key_objects_instance_uid(sr_uid: str) -> str:
+    """One Key Object Selection per SR: it follows the SR's identity."""
+    return derive_uid("kos-instance", sr_uid)
+
+
+def heatmap_series_uid(study_uid: str, node_device: str) -> str:
+    return derive_uid("heatmap-series", study_uid, node_device)
+
+
+def heatmap_instance_uid(sr_uid: str, source_sop_uid: str) -> str:
+    return derive_uid("heatmap-instance", sr_uid, source_sop_uid)
