@@ -65,7 +65,7 @@ def test_env_overrides_typed_values_and_destinations(tmp_path: Path) -> None:
         ('[database]\nurl = "mysql://x"\n', "database.url"),
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', "destinations.0.port"),
         ('[study]\nlung_kernels = ["("]\n', "study.lung_kernels"),
-    ("[model]\nindeterminate = [0.6, 0.4]\n", "model.indeterminate"),
+        ("[model]\nindeterminate = [0.6, 0.4]\n", "model.indeterminate"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
