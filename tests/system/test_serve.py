@@ -111,6 +111,37 @@ def validate_sr(path: Path) -> None:
     ) or "Not analysed" in dsrdump.stdout
 
 
+def content_items(ds: Any) -> Iterator[Any]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def concept(item: Any, attribute: str = "ConceptNameCodeSequence") -> tuple[str, str]:
+    code = item[attribute][0]
+    return code.CodeValue, code.CodingSchemeDesignator
+
+
+def assert_coded_content(ds: Any, row: dict[str, Any]) -> None:
+    """The finding, its evaluation, the probability and the algorithm, as PACS stores them."""
+    items = list(content_items(ds))
+    evaluation = {"covid19": ("52101004", "SCT"), "non_covid19": ("272519000", "SCT")}
+    (finding,) = [i for i in items if i.ValueType == "CODE" and concept(i) == ("840539006", "SCT")]
+    assert concept(finding, "ConceptCodeSequence") == evaluation[row["label"]]
+    probabilities = [i for i in items if i.ValueType == "NUM" and concept(i) == ("122157", "DCM")]
+    study_p = probabilities[0].MeasuredValueSequence[0]
+    assert float(study_p.NumericValue) == pytest.approx(row["probability"], abs=1e-6)
+    assert concept(study_p, "MeasurementUnitsCodeSequence") == ("1", "UCUM")
+    texts = {(concept(i)[0], i.TextValue) for i in items if i.ValueType == "TEXT"}
+    name, version = row["model"].split("@")
+    assert ("111001", name) in texts and ("111003", version) in texts
+    images = [i for i in items if i.ValueType == "IMAGE"]
+    assert images and all(
+        i.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        for i in images
+    )
+
+
 def sr_from_orthanc(orthanc: Orthanc, sop_uid: str, dest: Path) -> Path:
     (instance_id,) = orthanc.find_instance(sop_uid)
     dest.write_bytes(orthanc.get(f"/instances/{instance_id}/file"))
@@ -163,6 +194,7 @@ def test_studies_are_classified_reported_and_delivered_to_orthanc(node: Any) -> 
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
         assert ds.StudyInstanceUID == row["study_instance_uid"]
         assert ds.VerificationFlag == "UNVERIFIED" and "NOT FOR DIAGNOSIS" in ds.SeriesDescription
+        assert_coded_content(ds, row)
 
 
 def test_out_of_scope_study_is_ignored_and_not_analysed_gets_an_sr(node: Any) -> None:
