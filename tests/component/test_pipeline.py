@@ -124,14 +124,16 @@ def make_rig(tmp_path: Path, random_weights: Path) -> Iterator[Any]:
     saved_tempdir = tempfile.tempdir
 
     def build(*, start_pacs: bool = True, extra: str = "", pacs_aet: str = "PACS",
-              pacs_without: tuple[str, ...] = ()) -> Rig:  # fmt: skip
+              pacs_without: tuple[str, ...] = (), name: str = "node") -> Rig:  # fmt: skip
         pacs_port = free_port()
-        pacs = PacsStandIn(tmp_path / "pacs", pacs_aet, require_called_aet=True,
+        home = tmp_path / name
+        home.mkdir(exist_ok=True)
+        pacs = PacsStandIn(home / "pacs", pacs_aet, require_called_aet=True,
                            without=pacs_without)  # fmt: skip
         if start_pacs:
             pacs.start(port=pacs_port)
-        path = tmp_path / "node.toml"
-        path.write_text(config_text(tmp_path, random_weights, pacs_port, extra))
+        path = home / "node.toml"
+        path.write_text(config_text(home, random_weights, pacs_port, extra))
         settings = load_settings(path, env={})
         db = open_database(settings)
         spool = Spool(settings.storage.spool_dir, min_free_mb=1)
@@ -369,3 +371,28 @@ def test_pacs_without_any_sr_class_fails_permanently(make_rig: Any) -> None:
         delivery["status"] == "failed"
         and "accepts none of the SOP classes" in (delivery["last_error"])
     )
+
+
+def test_reprocessing_the_same_input_gives_the_same_report_identity(make_rig: Any) -> None:
+    """Two nodes with the same AE title and model (or one node that lost its database)
+    produce the same SR UIDs for the same input, so a PACS never shows a duplicate."""
+    spec = make_study_spec(31, n_slices=SLICES)
+    first, second = make_rig(name="a"), make_rig(name="b")
+    received = []
+    for rig in (first, second):
+        rig.send(list(iter_study_datasets(spec)))
+        rig.complete_and_process()
+        (path,) = rig.pacs.received
+        received.append(pydicom.dcmread(path))
+    a, b = received
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+    tracking = [(i.UID if "UID" in i else None) for i in _items(a)]
+    assert tracking == [(i.UID if "UID" in i else None) for i in _items(b)]
+
+
+def _items(ds: Any) -> list[Any]:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_items(item))
+    return out
