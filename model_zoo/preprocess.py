@@ -76,14 +76,38 @@ def body_box(
     return int(rows[0]) * step, r1, int(cols[0]) * step, c1
 
 
+def square_window(box: tuple[int, int, int, int], margin: float) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the square around ``box``: centre kept, side = longer edge +
+    margin. It may reach past the image edges (that part is padded when cropping)."""
+    r0, r1, c0, c1 = box
+    side = round(max(r1 - r0, c1 - c0) * (1.0 + 2.0 * margin))
+    return (r0 + r1 - side) // 2, (c0 + c1 - side) // 2, side
+
+
+def crop_window(hu: np.ndarray, *, body_crop: bool = True) -> tuple[int, int, int] | None:
+    """The square ``(top, left, side)`` of ``hu`` that :func:`hu_to_input` resizes to the
+    network input, or None when it resizes the whole slice (no crop, or no body found).
+
+    Public so that outputs in input space (e.g. Grad-CAM maps) can be mapped back onto the
+    slice through exactly the crop the model saw.
+    """
+    if not body_crop:
+        return None
+    box = body_box(hu)
+    return None if box is None else square_window(box, CROP_MARGIN)
+
+
 def square_crop(img: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
-    """Crop a square around ``box`` (centre kept, side = longer edge + margin), zero-padded.
+    """Crop a square around ``box`` (see :func:`square_window`), zero-padded.
 
     Zero is the window minimum after :func:`lung_window`, i.e. air.
     """
-    r0, r1, c0, c1 = box
-    side = round(max(r1 - r0, c1 - c0) * (1.0 + 2.0 * margin))
-    top, left = (r0 + r1 - side) // 2, (c0 + c1 - side) // 2
+    return _cut(img, square_window(box, margin))
+
+
+def _cut(img: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
+    """The ``side`` x ``side`` square at ``(top, left)``; outside the image it is zero."""
+    top, left, side = window
     out = np.zeros((side, side), dtype=np.float32)
     sr0, sr1 = max(top, 0), min(top + side, img.shape[0])
     sc0, sc1 = max(left, 0), min(left + side, img.shape[1])
@@ -121,9 +145,9 @@ def hu_to_input(
     if hu.ndim != 2:
         raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
     img = lung_window(hu, window_center, window_width)
-    box = body_box(hu) if body_crop else None
-    if box is not None:
-        img = square_crop(img, box, CROP_MARGIN)
+    window = crop_window(hu, body_crop=body_crop)
+    if window is not None:
+        img = _cut(img, window)
     small = resize(img, (int(input_size[0]), int(input_size[1])))
     out = (np.broadcast_to(small, (3, *small.shape)) - _channel_vector(mean, "mean")) / (
         _channel_vector(std, "std")
