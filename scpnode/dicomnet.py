@@ -6,6 +6,20 @@ import contextlib
 import socket
 from typing import Any
 
+from scpnode import __version__
+from scpnode.uids import derive_uid
+
+# what our associations announce (docs/conformance.md): fixed forever, version per release
+IMPLEMENTATION_CLASS_UID = derive_uid("implementation-class", "scpnode")
+IMPLEMENTATION_VERSION_NAME = f"SCPNODE_{__version__}"[:16]
+
+
+def identify(ae: Any) -> Any:
+    """Give a pynetdicom AE our implementation class UID and version name."""
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
+
 
 def disable_nagle(sock: socket.socket | None) -> None:
     """C-STORE is request/response over small PDUs; Nagle would add ~40 ms to each."""

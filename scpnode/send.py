@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from scpnode.dicomnet import assoc_socket, disable_nagle, rejection_text
+from scpnode.dicomnet import assoc_socket, disable_nagle, identify, rejection_text
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def association(
     timeout_s: float = 30.0,
 ) -> Iterator[Any]:
     """An established association (Nagle off), released on exit; raises AssociationFailed."""
-    ae = AE(ae_title=calling_aet)
+    ae = identify(AE(ae_title=calling_aet))
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     for sop_class in sorted(set(sop_classes)):

@@ -17,6 +17,7 @@ from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 
 from scpnode.config import NodeSettings
+from scpnode.dicomnet import identify
 from scpnode.receive.contexts import accepted_sop_classes, storage_contexts
 from scpnode.receive.handlers import Sink, StoreHandlers
 from scpnode.spool import Spool
@@ -37,7 +38,7 @@ class ReceiveServer:
         self._server: Any = None
 
     def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.node.ae_title)
+        ae = identify(AE(ae_title=self.node.ae_title))
         ae.maximum_associations = self.node.max_associations
         ae.maximum_pdu_size = self.node.max_pdu
         ae.network_timeout = self.node.network_timeout_s

@@ -15,6 +15,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[at
 from sqlalchemy import select
 
 from scpnode.db.models import AssociationRow, AuditEventRow, InstanceRow, StudyRow
+from scpnode.dicomnet import IMPLEMENTATION_CLASS_UID
 from scpnode.send import Peer, echo, store_datasets
 from tests.conftest import PEER_ENV, ct_small, need
 
@@ -65,6 +66,8 @@ def test_echo_and_nagle_disabled(make_scp) -> None:
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
     try:
+        assert assoc.acceptor.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        assert assoc.acceptor.implementation_version_name.startswith("SCPNODE_")
         server_side = [a for a in scp.server.ae.active_associations if a.is_acceptor]
         sock = server_side[0].dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
