@@ -42,3 +42,12 @@ def test_derived_uids_are_deterministic_valid_and_distinct() -> None:
     ):
         assert uids.is_valid_uid(uid) and uid.startswith("2.25.")
     assert uids.algorithm_device_uid("m", "a") != uids.algorithm_device_uid("m", "b")
+
+
+def test_conformance_statement_names_our_implementation_class_uid() -> None:
+    from pathlib import Path
+
+    from scpnode.dicomnet import IMPLEMENTATION_CLASS_UID
+
+    doc = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    assert f"`{IMPLEMENTATION_CLASS_UID}`" in doc
