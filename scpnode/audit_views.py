@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from scpnode.db.models import (
+    REPORT_KINDS,
     AuditEventRow,
     DeliveryAttemptRow,
     DeliveryRow,
@@ -105,7 +106,10 @@ def _current_srs(session: Session, results: dict[int, ResultRow]) -> dict[int, S
     if not ids:
         return {}
     return {
-        sr.study_id: sr for sr in session.scalars(select(SrRow).where(SrRow.result_id.in_(ids)))
+        sr.study_id: sr
+        for sr in session.scalars(
+            select(SrRow).where(SrRow.result_id.in_(ids), SrRow.kind.in_(REPORT_KINDS))
+        )
     }
 
 

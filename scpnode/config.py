@@ -113,6 +113,13 @@ class ModelSettings(_Section):
         return None if value in ("", None) else value
 
 
+class ReportSettings(_Section):
+    """Addition: optional objects beside the SR (off by default: they add objects to PACS)."""
+
+    key_object_selection: bool = False
+    heatmaps: bool = False
+
+
 class DeliverySettings(_Section):
     max_age_h: float = Field(default=24.0, gt=0)
     # additions
@@ -149,6 +156,7 @@ class Settings(_Section):
     study: StudySettings = StudySettings()
     model: ModelSettings = ModelSettings()
     delivery: DeliverySettings = DeliverySettings()
+    report: ReportSettings = ReportSettings()
     destinations: tuple[Destination, ...] = ()
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()

@@ -65,7 +65,7 @@ def refresh_study_state(session: Session, study_id: int) -> None:
         session.scalars(
             select(DeliveryRow.state)
             .join(SrRow, SrRow.id == DeliveryRow.sr_id)
-            .where(SrRow.result_id == result.id)
+            .where(SrRow.result_id == result.id, SrRow.kind == "result")
         )
     )
     new_state = derive_state(states)

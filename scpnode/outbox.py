@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from scpnode import audit, report
 from scpnode.config import Settings
-from scpnode.db.models import DeliveryRow, SrRow
+from scpnode.db.models import REPORT_KINDS, DeliveryRow, SrRow
 from scpnode.domain import AuditKind, DeliveryState
 from scpnode.spool import file_sha256
 
@@ -72,7 +72,9 @@ def write_outbox(outbox: Path, study_uid: str, sr: Dataset) -> Path:
 
 def next_instance_number(session: Session, study_id: int) -> int:
     count = session.scalar(
-        select(func.count()).select_from(SrRow).where(SrRow.study_id == study_id)
+        select(func.count())
+        .select_from(SrRow)
+        .where(SrRow.study_id == study_id, SrRow.kind.in_(REPORT_KINDS))
     )
     return int(count or 0) + 1
 

@@ -161,14 +161,19 @@ class SliceScoreRow(Base):
     probability: Mapped[float] = mapped_column(Float)
 
 
+REPORT_KINDS = ("result", "not_analysed")  # the SR proper; other kinds are optional extras
+
+
 class SrRow(Base):
+    """Every object we send (the SR and its optional extras), written once to the outbox."""
+
     __tablename__ = "sr_instances"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"))
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # result | not_analysed
+    kind: Mapped[str] = mapped_column(String(16))  # result | not_analysed | key_objects | heatmap
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
