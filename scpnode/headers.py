@@ -84,7 +84,11 @@ def summarise(ds: Dataset) -> InstanceHeader:
 
 
 def is_own_object(ds: Dataset) -> bool:
-    """Objects an scpnode made carry it in Contributing Equipment; they never trigger work."""
+    """Objects an scpnode made say so (as manufacturer and model, and in Contributing
+    Equipment); they never trigger work."""
+    made_by = (str(ds.get("Manufacturer", "")), str(ds.get("ManufacturerModelName", "")))
+    if all(v.strip().lower() == OWN_MANUFACTURER for v in made_by):
+        return True
     for item in ds.get("ContributingEquipmentSequence", []):
         if str(item.get("Manufacturer", "")).strip().lower() == OWN_MANUFACTURER:
             return True

@@ -43,7 +43,8 @@ def grad_cam(
     Preprocessing is the card's, exactly as :func:`scpnode.infer.engine.predict` applies it.
     Zero outside the body crop; an all-zero map (no positive evidence) stays zero.
     """
-    pre, size = model.card.preprocessing, tuple(int(v) for v in model.card.input_size)
+    pre, (rows, cols) = model.card.preprocessing, model.card.input_size
+    size = (int(rows), int(cols))
     out: list[np.ndarray] = []
     with _eval_mode(model.module):
         for start in range(0, len(hu_slices), batch_size):
@@ -67,9 +68,9 @@ def grad_cam(
 
 def _feature_cams(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     """Grad-CAM maps on the feature grid (ReLU, not yet normalised), ``float32 [N, hf, wf]``."""
-    x = torch.from_numpy(batch).to(model.device)
-    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     with torch.inference_mode(False), torch.enable_grad():
+        x = torch.from_numpy(batch).to(model.device)  # not an inference tensor: made here
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         with _FeatureTap(model.module) as tap:
             logits = model.module(x)
         if tap.feature is None:

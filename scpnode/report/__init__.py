@@ -4,6 +4,12 @@
 SR fallback); `keyimages`: the optional Key Object Selection and heat-map images.
 """
 
+from scpnode.report.keyimages import (
+    KEY_OBJECT_SELECTION,
+    SECONDARY_CAPTURE,
+    build_heatmap,
+    build_key_object_selection,
+)
 from scpnode.report.sr import (
     COMPREHENSIVE_3D_SR,
     COMPREHENSIVE_SR,
@@ -19,6 +25,10 @@ from scpnode.report.sr import (
 __all__ = [
     "COMPREHENSIVE_3D_SR",
     "COMPREHENSIVE_SR",
+    "KEY_OBJECT_SELECTION",
+    "SECONDARY_CAPTURE",
+    "build_heatmap",
+    "build_key_object_selection",
     "build_not_analysed_sr",
     "build_result_sr",
     "comprehensive_sr_fallback",

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from io import BytesIO
 
 import pydicom
 from highdicom.sr import (
     AlgorithmIdentification,
     Comprehensive3DSR,
-    DeviceObserverIdentifyingAttributes,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
-    ObserverContext,
     QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForMeasurementGroup,
@@ -37,33 +35,53 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, DT, TM
 
-from scpnode.clock import utcnow
 from scpnode.domain import Finding, ModelIdentity, NodeIdentity, SliceScore, StudyResult
-from scpnode.uids import algorithm_device_uid, derive_uid
+from scpnode.report.common import (
+    MAX_KEY_SLICES,
+    PROCESSING_ALGORITHM,
+    RESEARCH_MARK,
+    SERIES_DESCRIPTION_MAX,
+    SYNTHETIC_MARK,
+    device_observer,
+    finish,
+    patient_source,
+    plain,
+    series_description,
+    utc,
+)
+from scpnode.uids import derive_uid
 
-MAX_KEY_SLICES = 10  # each slice group costs a few ms in highdicom; ten tell the story
-SERIES_DESCRIPTION_MAX = 64  # VR LO
-RESEARCH_MARK = "RESEARCH - NOT FOR DIAGNOSIS"
-SYNTHETIC_MARK = "SYNTHETIC"
 RESULT_HEAD = "AI COVID-19 CT UNVERIFIED"
 NOT_ANALYSED_HEAD = "AI COVID-19 NOT ANALYSED"
 
 # SNOMED's FSN is 65 characters, over the LO limit of CodeMeaning: use the HL7/EU display.
 COVID19 = Code("840539006", "SCT", "COVID-19")
-PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")  # IHE AIR §6.5.3.1
 DEVICE_OBSERVER_UID = Code("121012", "DCM", "Device Observer UID")
 _EVALUATION = {
     Finding.PRESENT: codes.SCT.Present,
     Finding.ABSENT: codes.SCT.Absent,
     Finding.UNDETERMINED: codes.SCT.Undetermined,
 }
-# Type 2 in the SR's Patient/Study modules; highdicom reads them by attribute access.
-_PATIENT_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
-_STUDY_TYPE2 = ("AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
-_TYPE2 = (*_PATIENT_TYPE2, *_STUDY_TYPE2)
-_PATIENT_SEX = ("M", "F", "O", "")
+CONTRIBUTION = "COVID-19 classification of chest CT slices"
+# Re-exported: callers and tests import them from here.
+__all__ = [
+    "COMPREHENSIVE_3D_SR",
+    "COMPREHENSIVE_SR",
+    "MAX_KEY_SLICES",
+    "NOT_ANALYSED_HEAD",
+    "RESEARCH_MARK",
+    "RESULT_HEAD",
+    "SERIES_DESCRIPTION_MAX",
+    "SYNTHETIC_MARK",
+    "build_not_analysed_sr",
+    "build_result_sr",
+    "comprehensive_sr_fallback",
+    "is_own_object",
+    "plain",
+    "series_description",
+    "sr_to_bytes",
+]
 
 
 def build_result_sr(
@@ -199,22 +217,6 @@ def is_own_object(ds: Dataset, node: NodeIdentity) -> bool:
     return _device_observer_uid(ds) == node.device_uid
 
 
-def series_description(head: str, model: ModelIdentity) -> str:
-    """AI output, unverified, SYNTHETIC for demo weights, research-only while the card says so.
-
-    Both heads leave room for both marks within the 64 characters of LO.
-    """
-    parts = [head]
-    if model.synthetic:
-        parts.append(SYNTHETIC_MARK)
-    if model.is_research:
-        parts.append(RESEARCH_MARK)
-    text = " ".join(parts)
-    if len(text) > SERIES_DESCRIPTION_MAX:
-        raise ValueError(f"SeriesDescription longer than 64 characters: {text!r}")
-    return text
-
-
 def _document(
     *,
     evidence: Sequence[Dataset],
@@ -230,7 +232,7 @@ def _document(
     """Wrap the groups in TID 1500 and the SR IOD; fix every value highdicom would randomise."""
     if not evidence:
         raise ValueError("evidence: at least one source instance is needed")
-    when = (now or utcnow()).astimezone(UTC)
+    when = utc(now)
     report = MeasurementReport(
         observation_context=_observer(node),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
@@ -238,7 +240,7 @@ def _document(
         title=codes.DCM.ImagingMeasurementReport,
     )
     sr = Comprehensive3DSR(
-        evidence=[_patient_source(evidence[0]), *evidence[1:]],
+        evidence=[patient_source(evidence[0]), *evidence[1:]],
         content=report[0],
         series_instance_uid=uids[0],
         series_number=numbers[0],
@@ -257,57 +259,13 @@ def _document(
         series_date=when.date(),
         series_time=when.time(),
     )
-    _finish(sr, model, node, when)
+    finish(sr, model, node, when, CONTRIBUTION)
     return sr
-
-
-def _finish(sr: Dataset, model: ModelIdentity, node: NodeIdentity, when: datetime) -> None:
-    """Pin every time highdicom takes from the wall clock; describe node and algorithm."""
-    sr.InstanceCreationDate = DA(when.date())
-    sr.InstanceCreationTime = TM(when.time())
-    for item in sr.ContributingEquipmentSequence:
-        if item.get("ManufacturerModelName") == "highdicom":  # its own item, stamped "now"
-            item.ContributionDateTime = DT(when)
-    sr.TimezoneOffsetFromUTC = "+0000"
-    sr.DeviceUID = node.device_uid
-    sr.ContributingEquipmentSequence.append(_algorithm_equipment(model, when))
-
-
-def _algorithm_equipment(model: ModelIdentity, when: datetime) -> Dataset:
-    """IHE AIR Contributing Equipment item; highdicom accepts only DCM purposes, so raw."""
-    purpose = Dataset()
-    purpose.CodeValue = PROCESSING_ALGORITHM.value
-    purpose.CodingSchemeDesignator = PROCESSING_ALGORITHM.scheme_designator
-    purpose.CodeMeaning = PROCESSING_ALGORITHM.meaning
-    item = Dataset()
-    item.PurposeOfReferenceCodeSequence = [purpose]
-    item.Manufacturer = model.manufacturer
-    item.ManufacturerModelName = model.name
-    item.SoftwareVersions = model.version
-    item.DeviceUID = algorithm_device_uid(model.name, model.weights_sha256)
-    item.ContributionDateTime = DT(when)
-    item.ContributionDescription = _contribution(model)
-    return item
-
-
-def _contribution(model: ModelIdentity) -> str:
-    """Short free text (ST) for the equipment item: what the algorithm did, and on what terms."""
-    text = f"COVID-19 classification of chest CT slices; {plain(model.intended_use)}"
-    return f"{text}; {SYNTHETIC_MARK} demo weights" if model.synthetic else text
 
 
 def _observer(node: NodeIdentity) -> ObservationContext:
     """TID 1004 device observer with the node's stable device UID."""
-    device = DeviceObserverIdentifyingAttributes(
-        uid=node.device_uid,
-        name=node.ae_title,
-        manufacturer_name=node.manufacturer,
-        model_name=node.model_name,
-    )
-    context = ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device
-    )
-    return ObservationContext(observer_device_context=context)
+    return ObservationContext(observer_device_context=device_observer(node))
 
 
 def _group(
@@ -371,25 +329,6 @@ def _parameters(result: StudyResult, model: ModelIdentity) -> list[str]:
     ]
 
 
-_ASCII_PUNCTUATION = str.maketrans(
-    {
-        "\u2014": "-",
-        "\u2013": "-",
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u2026": "...",
-    }
-)
-
-
-def plain(text: str) -> str:
-    """Our own texts in ASCII: they must survive whatever character set the study declares
-    (patient attributes keep theirs; we never re-encode them)."""
-    return text.translate(_ASCII_PUNCTUATION).encode("ascii", "replace").decode("ascii")
-
-
 def _notes(model: ModelIdentity) -> list[str]:
     """Intended use always, and a SYNTHETIC warning for demo weights, as visible TEXT items."""
     notes = [f"Intended use: {plain(model.intended_use)}"]
@@ -415,20 +354,6 @@ def _source(by_uid: Mapping[str, Dataset], score: SliceScore) -> SourceImageForM
     if image is None:
         raise ValueError(f"evidence: key slice {score.sop_instance_uid} is missing")
     return SourceImageForMeasurementGroup.from_source_image(image)
-
-
-def _patient_source(first: Dataset) -> Dataset:
-    """A copy of evidence[0] with every Type 2 attribute highdicom reads present (maybe empty).
-
-    A PatientSex outside M/F/O is blanked: highdicom rejects it and it would be invalid anyway.
-    """
-    source = copy.deepcopy(first)
-    for keyword in _TYPE2:
-        if keyword not in source:
-            setattr(source, keyword, "")
-    if source.PatientSex is not None and source.PatientSex not in _PATIENT_SEX:
-        source.PatientSex = ""
-    return source
 
 
 def _is_our_equipment(item: Dataset, node: NodeIdentity) -> bool:
