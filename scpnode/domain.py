@@ -93,6 +93,7 @@ class AuditKind(StrEnum):
     INFERENCE_DONE = "inference_done"
     STUDY_RESULT = "study_result"
     SR_CREATED = "sr_created"
+    EXTRAS_FAILED = "extras_failed"
     DELIVERY_ATTEMPT = "delivery_attempt"
     DELIVERED = "delivered"
     DELIVERY_FAILED = "delivery_failed"

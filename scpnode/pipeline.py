@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
@@ -40,7 +41,8 @@ from scpnode.domain import (
     StudyResult,
     StudyState,
 )
-from scpnode.infer.dicom_slices import SliceReadError, read_slices_hu
+from scpnode.extras import build_extras
+from scpnode.infer.dicom_slices import SliceHU, SliceReadError, read_slices_hu
 from scpnode.infer.engine import LoadedModel, predict
 from scpnode.outbox import next_instance_number, previous_report, register_sr
 from scpnode.queue import ClaimedJob, finish_job, settle_study
@@ -77,6 +79,7 @@ class _Analysis:
     selection: str
     fingerprint: str
     seconds: float
+    heat: dict[str, np.ndarray]  # Grad-CAM per key slice, when `[report] heatmaps`
 
 
 def process_job(ctx: PipelineContext, job: ClaimedJob) -> None:
@@ -177,14 +180,23 @@ def _analyse(
         indeterminate=ctx.settings.model.indeterminate,
         key_slices=ctx.settings.model.key_slices,
     )
-    return _Analysis(
-        result,
-        scores,
-        str(decision.series_instance_uid),
-        decision.reason,
-        fingerprint,
-        time.perf_counter() - started,
-    )
+    seconds = time.perf_counter() - started
+    heat = _heat(ctx, slices, result) if ctx.settings.report.heatmaps else {}
+    return _Analysis(result, scores, str(decision.series_instance_uid), decision.reason,
+                     fingerprint, seconds, heat)  # fmt: skip
+
+
+def _heat(ctx: PipelineContext, slices: Sequence[SliceHU], result: StudyResult) -> dict:
+    """Grad-CAM of the key slices; an empty map (and a log line) if it cannot be computed."""
+    from scpnode.infer.gradcam import grad_cam
+
+    by_uid = {s.sop_instance_uid: s.hu for s in slices}
+    keys = [s.sop_instance_uid for s in result.key_slices]
+    try:
+        return dict(zip(keys, grad_cam(ctx.model, [by_uid[k] for k in keys]), strict=True))
+    except Exception:
+        log.exception("Grad-CAM failed; heat maps skipped")
+        return {}
 
 
 def _finish_ignored(ctx: PipelineContext, job: ClaimedJob, reason: str) -> None:
@@ -280,7 +292,32 @@ def _finish_analysed(
         register_sr(
             session, ctx.settings, job.study_id, job.study_uid, result.id, sr, "result", now
         )
+        for kind, extra in _extras(ctx, job, analysis, sr, evidence, paths, now, session):
+            register_sr(session, ctx.settings, job.study_id, job.study_uid, result.id, extra,
+                        kind, now)  # fmt: skip
         _settle(session, job, result, analysis.fingerprint, StudyState.REPORTED, now, None)
+
+
+def _extras(ctx: PipelineContext, job: ClaimedJob, analysis: _Analysis, sr: Dataset,
+            evidence: list[Dataset], paths: dict[str, Path], now: datetime,
+            session: Session) -> list[tuple[str, Dataset]]:  # fmt: skip
+    """The optional key images; a failure is audited and never holds up the SR."""
+    wanted = ctx.settings.report
+    if not (wanted.key_object_selection or wanted.heatmaps):
+        return []
+    if wanted.heatmaps and not analysis.heat:
+        wanted = wanted.model_copy(update={"heatmaps": False})
+        audit.append(session, AuditKind.EXTRAS_FAILED, study_uid=job.study_uid, now=now,
+                     reason="Grad-CAM could not be computed; heat maps skipped")  # fmt: skip
+    try:
+        return build_extras(settings=wanted, sr=sr, result=analysis.result, evidence=evidence,
+                            heat=analysis.heat, paths=paths, model=ctx.model.identity,
+                            node=ctx.node, now=now)  # fmt: skip
+    except Exception as exc:
+        log.exception("key images could not be built")
+        audit.append(session, AuditKind.EXTRAS_FAILED, study_uid=job.study_uid, now=now,
+                     reason=f"{type(exc).__name__}: {exc}"[:300])  # fmt: skip
+        return []
 
 
 def _audit_result(

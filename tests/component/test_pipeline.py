@@ -396,3 +396,40 @@ def _items(ds: Any) -> list[Any]:
         out.append(item)
         out.extend(_items(item))
     return out
+
+
+def test_key_images_go_out_beside_the_report_when_enabled(make_rig: Any) -> None:
+    rig = make_rig(extra="[report]\nkey_object_selection = true\nheatmaps = true\n")
+    spec = make_study_spec(32, covid=True, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "delivered"
+    kinds = [r["kind"] for r in rig.show(spec.study_instance_uid)["reports"]]
+    assert kinds == ["result", "key_objects"] + ["heatmap"] * 5  # model.key_slices = 5
+    by_class: dict[str, list[Any]] = {}
+    for path in rig.pacs.received:
+        ds = pydicom.dcmread(path)
+        by_class.setdefault(ds.SOPClassUID, []).append(ds)
+    (kos,) = by_class["1.2.840.10008.5.1.4.1.1.88.59"]
+    heatmaps = by_class["1.2.840.10008.5.1.4.1.1.7"]
+    (sr,) = by_class[SR_3D]
+    keys = [
+        s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for s in _items(kos)
+        if s.ValueType == "IMAGE"
+    ]
+    assert len(keys) == 5 and len(heatmaps) == 5
+    assert {h.SourceImageSequence[0].ReferencedSOPInstanceUID for h in heatmaps} == set(keys)
+    assert all(h.SeriesDescription.startswith("AI heat map, not for diagnosis") for h in heatmaps)
+    assert len({h.SeriesInstanceUID for h in heatmaps}) == 1
+    assert sr.SeriesInstanceUID not in {kos.SeriesInstanceUID, heatmaps[0].SeriesInstanceUID}
+
+
+def test_key_images_are_off_by_default(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(33, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    assert [r["kind"] for r in rig.show(spec.study_instance_uid)["reports"]] == ["result"]
+    assert len(rig.pacs.received) == 1
