@@ -433,3 +433,14 @@ def test_key_images_are_off_by_default(make_rig: Any) -> None:
     rig.complete_and_process()
     assert [r["kind"] for r in rig.show(spec.study_instance_uid)["reports"]] == ["result"]
     assert len(rig.pacs.received) == 1
+
+
+def test_a_warning_status_counts_as_delivered(make_rig: Any) -> None:
+    rig = make_rig()
+    rig.pacs.answer = 0xB000  # "coercion of data elements": stored, with a warning
+    spec = make_study_spec(34, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "delivered"
+    assert row["deliveries"][0]["last_status"] == "0xB000" and row["deliveries"][0]["attempts"] == 1
