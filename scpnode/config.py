@@ -55,6 +55,7 @@ class StorageSettings(_Section):
     fsync: bool = False
     # additions
     outbox_dir: Path | None = None  # default: <spool_dir>/../outbox
+    retention_days: float = Field(default=0.0, ge=0)  # 0: keep; else purge finished studies
 
 
 class DatabaseSettings(_Section):
@@ -126,6 +127,8 @@ class DeliverySettings(_Section):
     retry_initial_s: float = Field(default=5.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)  # consecutive transient failures: open
+    breaker_cooldown_s: float = Field(default=60.0, gt=0)  # then one probe attempt
 
 
 class Destination(_Section):

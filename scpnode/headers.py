@@ -41,6 +41,8 @@ class InstanceHeader:
     position: str = ""
     instance_number: int | None = None
     number_of_frames: int = 1
+    rows: int | None = None
+    columns: int | None = None
     is_own: bool = False
 
     def row_fields(self) -> dict[str, Any]:
@@ -79,6 +81,8 @@ def summarise(ds: Dataset) -> InstanceHeader:
         position=_multi(ds, "ImagePositionPatient")[:128],
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
         is_own=is_own_object(ds),
     )
 

@@ -53,6 +53,10 @@ class InstanceInfo(Protocol):
     def orientation(self) -> str: ...
     @property
     def position(self) -> str: ...
+    @property
+    def rows(self) -> int | None: ...
+    @property
+    def columns(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ def series_problem(members: Sequence[InstanceInfo], rules: ScopeRules) -> str | 
     low, high = rules.thickness_range_mm
     if thickness is not None and not low <= thickness <= high:
         return f"slice thickness {thickness:g} mm outside the model's {low:g}-{high:g} mm"
+    sizes = {(m.rows, m.columns) for m in members}
+    if len(sizes) > 1:
+        shown = ", ".join(f"{r}x{c}" for r, c in sorted(sizes, key=str))
+        return f"mixed matrix sizes in one series ({shown})"
     if len(members) < rules.min_slices:
         return f"only {len(members)} slices (study.min_slices = {rules.min_slices})"
     return None

@@ -67,6 +67,7 @@ class AssociationRow(Base):
 
 class StudyRow(Base):
     __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_state_changed", "state", "state_changed_at"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
@@ -77,6 +78,7 @@ class StudyRow(Base):
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     analysed_fingerprint: Mapped[str | None] = mapped_column(String(64))
     current_result_id: Mapped[int | None] = mapped_column(Integer)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # spool files removed
 
 
 class InstanceRow(Base):
@@ -109,6 +111,8 @@ class InstanceRow(Base):
     position: Mapped[str] = mapped_column(String(128), default="")
     instance_number: Mapped[int | None] = mapped_column(Integer)
     number_of_frames: Mapped[int] = mapped_column(Integer, default=1)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobRow(Base):
@@ -199,6 +203,7 @@ class DeliveryRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the sender
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)

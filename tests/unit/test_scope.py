@@ -21,6 +21,8 @@ class InstanceInfo:
     slice_thickness: float | None = None
     orientation: str = ""
     position: str = ""
+    rows: int | None = 512
+    columns: int | None = 512
 
 
 AXIAL = "1\\0\\0\\0\\1\\0"
@@ -110,3 +112,12 @@ def test_prefers_lung_kernel_then_thinner_then_coverage() -> None:
 def test_derived_series_not_used() -> None:
     d = decide(series("1.1", image_type="DERIVED\\SECONDARY\\AXIAL"), RULES)
     assert d.verdict == Verdict.NOT_ANALYSED and "derived" in d.reason
+
+
+def test_mixed_matrix_sizes_are_not_analysed() -> None:
+    members = series("1.1")
+    odd = InstanceInfo(**{**members[0].__dict__, "sop_instance_uid": "1.1.99", "rows": 256,
+                          "columns": 256})
+    d = decide([*members, odd], RULES)
+    assert d.verdict == Verdict.NOT_ANALYSED and "mixed matrix sizes" in d.reason
+    assert "256x256" in d.reason and "512x512" in d.reason

@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("state_changed_at", sa.DateTime(), nullable=False),
         sa.Column("analysed_fingerprint", sa.String(length=64), nullable=True),
         sa.Column("current_result_id", sa.Integer(), nullable=True),
+        sa.Column("purged_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("study_instance_uid"),
     )
@@ -85,6 +86,9 @@ def upgrade() -> None:
             batch_op.f("ix_studies_first_received_at"), ["first_received_at"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_studies_state"), ["state"], unique=False)
+        batch_op.create_index(
+            "ix_studies_state_changed", ["state", "state_changed_at"], unique=False
+        )
 
     op.create_table(
         "instances",
@@ -115,6 +119,8 @@ def upgrade() -> None:
         sa.Column("position", sa.String(length=128), nullable=False),
         sa.Column("instance_number", sa.Integer(), nullable=True),
         sa.Column("number_of_frames", sa.Integer(), nullable=False),
+        sa.Column("rows", sa.Integer(), nullable=True),
+        sa.Column("columns", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["association_id"],
             ["associations.id"],
@@ -251,6 +257,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(), nullable=False),
         sa.Column("claimed_until", sa.DateTime(), nullable=True),
+        sa.Column("claimed_by", sa.String(length=128), nullable=True),
         sa.Column("delivered_at", sa.DateTime(), nullable=True),
         sa.Column("last_status", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
@@ -328,6 +335,7 @@ def downgrade() -> None:
 
     op.drop_table("instances")
     with op.batch_alter_table("studies", schema=None) as batch_op:
+        batch_op.drop_index("ix_studies_state_changed")
         batch_op.drop_index(batch_op.f("ix_studies_state"))
         batch_op.drop_index(batch_op.f("ix_studies_first_received_at"))
 
