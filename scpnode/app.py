@@ -94,6 +94,8 @@ def make_deliverer(db: Database, settings: Settings) -> Deliverer:
     policy = RetryPolicy(
         initial_s=settings.delivery.retry_initial_s, max_s=settings.delivery.retry_max_s
     )
+    from scpnode.breaker import CircuitBreaker
+    from scpnode.owners import process_owner
     from scpnode.report import comprehensive_sr_fallback
     from scpnode.send import store_file
 
@@ -106,4 +108,7 @@ def make_deliverer(db: Database, settings: Settings) -> Deliverer:
         sender=lambda path, peer: store_file(
             path, peer, settings.node.ae_title, timeout, fallback=comprehensive_sr_fallback
         ),
-    )
+        breaker=CircuitBreaker(settings.delivery.breaker_failures,
+                               settings.delivery.breaker_cooldown_s),
+        owner=process_owner(),
+    )  # fmt: skip

@@ -31,6 +31,7 @@ def register(sub: Adder, with_config: WithConfig) -> None:
     _register_data(sub)
     _register_audit(sub, with_config)
     _register_models(sub)
+    _register_deliveries(sub, with_config)
     p = with_config(sub.add_parser("echo", help="C-ECHO a configured destination"))
     p.add_argument("--destination", default=None)
     p.set_defaults(handler=cmd_echo)
@@ -79,6 +80,21 @@ def _register_audit(sub: Adder, with_config: WithConfig) -> None:
     with_config(audit.add_parser("verify", help="check the audit hash chain")).set_defaults(
         handler=cmd_audit_verify
     )
+
+
+def _register_deliveries(sub: Adder, with_config: WithConfig) -> None:
+    deliveries = sub.add_parser("deliveries", help="what was sent where").add_subparsers(
+        dest="deliveries_command", required=True, metavar="ACTION"
+    )
+    p = with_config(deliveries.add_parser("list", help="one row per delivery"))
+    p.add_argument("--state", choices=["pending", "delivered", "failed", "expired"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_deliveries_list)
+    p = with_config(deliveries.add_parser("retry", help="re-queue failed deliveries"))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID")
+    which.add_argument("--all-failed", action="store_true")
+    p.set_defaults(handler=cmd_deliveries_retry)
 
 
 def _register_models(sub: Adder) -> None:
@@ -292,6 +308,55 @@ def cmd_models_train(args: argparse.Namespace) -> int:
     from scpnode.models_cli import train_synthetic
 
     train_synthetic(seed=args.seed, force=args.force)
+    return EXIT_OK
+
+
+def cmd_deliveries_list(args: argparse.Namespace) -> int:
+    from scpnode.delivery import list_deliveries
+
+    with _session(args) as session:
+        rows = list_deliveries(session, args.state)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            rows,
+            [
+                ("id", "ID"),
+                ("study_instance_uid", "STUDY"),
+                ("kind", "KIND"),
+                ("destination", "TO"),
+                ("status", "STATUS"),
+                ("attempts", "N"),
+                ("last_status", "DICOM"),
+                ("last_error", "LAST ERROR"),
+            ],
+        )
+    return EXIT_OK
+
+
+def cmd_deliveries_retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from scpnode.clock import utcnow
+    from scpnode.delivery import requeue
+
+    if not args.ids and not args.all_failed:
+        raise UsageError("deliveries retry: give delivery IDs or --all-failed")
+    settings = settings_from(args)
+    with _session(args) as session:
+        done = requeue(
+            session,
+            None if args.all_failed else args.ids,
+            utcnow(),
+            settings.delivery.max_age_h,
+            f"cli:{getpass.getuser()}",
+        )
+    missing = sorted(set(args.ids) - set(done))
+    print(f"re-queued {len(done)} deliveries" + (f": {done}" if done else ""))
+    if missing:
+        print(f"not re-queued (unknown, pending or delivered): {missing}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

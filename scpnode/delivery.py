@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from scpnode import audit
+from scpnode.breaker import Change, CircuitBreaker
 from scpnode.db import Database
 from scpnode.db.models import DeliveryAttemptRow, DeliveryRow, ResultRow, SrRow, StudyRow
 from scpnode.db.session import rowcount
@@ -86,6 +87,8 @@ class Deliverer:
         sender: Sender | None = None,
         claim_s: float = 120.0,
         seed: int | None = None,
+        breaker: CircuitBreaker | None = None,
+        owner: str = "",
     ) -> None:
         self.db = db
         self.calling_aet = calling_aet
@@ -94,6 +97,8 @@ class Deliverer:
         self.sender = sender or (lambda path, peer: store_file(path, peer, calling_aet))
         self.claim_s = claim_s
         self.rng = random.Random(seed)
+        self.breaker = breaker or CircuitBreaker()
+        self.owner = owner
 
     def run_once(self) -> int:
         handled = 0
@@ -109,22 +114,24 @@ class Deliverer:
             & or_(DeliveryRow.claimed_until.is_(None), DeliveryRow.claimed_until < now)
         )
 
-    def _claim_next(self) -> tuple[int, Path, Peer] | None:
+    def _claim_next(self) -> tuple[int, Path, Peer, str] | None:
         now = self.clock()
+        due = self._due(now)
+        blocked = self.breaker.blocked(now)  # open circuits: their deliveries wait
+        if blocked:
+            due = due & DeliveryRow.destination.not_in(blocked)
         with self.db.session() as session:
             for row in session.scalars(
-                select(DeliveryRow)
-                .where(self._due(now))
-                .order_by(DeliveryRow.next_attempt_at)
-                .limit(5)
+                select(DeliveryRow).where(due).order_by(DeliveryRow.next_attempt_at).limit(5)
             ):
                 taken = rowcount(
                     session.execute(
                         update(DeliveryRow)
-                        .where(DeliveryRow.id == row.id, self._due(now))
-                        .values(claimed_until=now + timedelta(seconds=self.claim_s))
+                        .where(DeliveryRow.id == row.id, due)
+                        .values(claimed_until=now + timedelta(seconds=self.claim_s),
+                                claimed_by=self.owner)
                     )
-                )
+                )  # fmt: skip
                 if taken != 1:
                     continue
                 if now >= row.expires_at:
@@ -132,7 +139,13 @@ class Deliverer:
                     continue
                 sr = session.get(SrRow, row.sr_id)
                 assert sr is not None
-                return row.id, Path(sr.path), Peer(row.ae_title, row.host, row.port)
+                self.breaker.attempting(row.destination, now)
+                return (
+                    row.id,
+                    Path(sr.path),
+                    Peer(row.ae_title, row.host, row.port),
+                    row.destination,
+                )
         return None
 
     def _expire(self, session: Session, row: DeliveryRow, now: datetime) -> None:
@@ -148,22 +161,28 @@ class Deliverer:
         )
         refresh_study_state(session, row.study_id)
 
-    def _attempt(self, delivery_id: int, path: Path, peer: Peer) -> None:
+    def _attempt(self, delivery_id: int, path: Path, peer: Peer, destination: str) -> None:
         started = self.clock()
         try:
             result = self.sender(path, peer)
         except Exception as exc:  # a sender bug must not kill the loop
             log.exception("delivery attempt crashed")
             result = SendResult(Outcome.TRANSIENT, None, f"internal error: {exc}")
-        self._record(delivery_id, result, started)
+        change = self.breaker.record(destination, result.outcome == Outcome.TRANSIENT,
+                                     self.clock())  # fmt: skip
+        self._record(delivery_id, result, started, destination, change)
 
-    def _record(self, delivery_id: int, result: SendResult, started: datetime) -> None:
+    def _record(self, delivery_id: int, result: SendResult, started: datetime,
+                destination: str, change: Change | None) -> None:  # fmt: skip
         now = self.clock()
         with self.db.session() as session:
+            if change is not None:
+                self._audit_circuit(session, destination, change, result, now)
             row = session.get(DeliveryRow, delivery_id)
             assert row is not None
             row.attempts += 1
             row.last_status, row.last_error, row.claimed_until = result.status, None, None
+            row.claimed_by = None
             session.add(
                 DeliveryAttemptRow(
                     delivery_id=row.id,
@@ -177,6 +196,13 @@ class Deliverer:
             )
             self._apply_outcome(session, row, result, now)
             refresh_study_state(session, row.study_id)
+
+    def _audit_circuit(self, session: Session, destination: str, change: Change,
+                       result: SendResult, now: datetime) -> None:  # fmt: skip
+        kind = AuditKind.CIRCUIT_OPENED if change == Change.OPENED else AuditKind.CIRCUIT_CLOSED
+        log.warning("circuit %s", change, extra={"destination": destination})
+        audit.append(session, kind, now=now, destination=destination, last=result.detail,
+                     cooldown_s=self.breaker.cooldown_s)  # fmt: skip
 
     def _apply_outcome(
         self, session: Session, row: DeliveryRow, result: SendResult, now: datetime
@@ -209,3 +235,48 @@ class Deliverer:
 
 def _study_uid(session: Session, row: DeliveryRow) -> str | None:
     return session.scalar(select(StudyRow.study_instance_uid).where(StudyRow.id == row.study_id))
+
+
+def requeue(session: Session, ids: list[int] | None, now: datetime, max_age_h: float,
+            actor: str) -> list[int]:  # fmt: skip
+    """Put failed (or, by ID, expired) deliveries back in the queue: the admin's retry.
+
+    `ids` None means every failed delivery. A fresh `max_age_h` starts now; the attempt log
+    and the last error stay, so the audit still shows what happened before.
+    """
+    query = select(DeliveryRow)
+    if ids is None:
+        query = query.where(DeliveryRow.state == DeliveryState.FAILED)
+    else:
+        query = query.where(
+            DeliveryRow.id.in_(ids),
+            DeliveryRow.state.in_((DeliveryState.FAILED, DeliveryState.EXPIRED)),
+        )
+    done = []
+    for row in session.scalars(query.order_by(DeliveryRow.id)):
+        previous = row.state
+        row.state, row.next_attempt_at = DeliveryState.PENDING, now
+        row.expires_at = now + timedelta(hours=max_age_h)
+        row.claimed_until, row.claimed_by = None, None
+        audit.append(session, AuditKind.DELIVERY_REQUEUED, study_uid=_study_uid(session, row),
+                     now=now, delivery_id=row.id, destination=row.destination,
+                     previous_state=previous, actor=actor)  # fmt: skip
+        refresh_study_state(session, row.study_id)
+        done.append(row.id)
+    return done
+
+
+def list_deliveries(session: Session, state: str | None = None) -> list[dict[str, Any]]:
+    query = select(DeliveryRow, StudyRow.study_instance_uid, SrRow.sop_instance_uid, SrRow.kind)
+    query = query.join(StudyRow, StudyRow.id == DeliveryRow.study_id)
+    query = query.join(SrRow, SrRow.id == DeliveryRow.sr_id).order_by(DeliveryRow.id)
+    if state is not None:
+        query = query.where(DeliveryRow.state == state)
+    return [
+        {"id": d.id, "study_instance_uid": study, "sop_instance_uid": sop, "kind": kind,
+         "destination": d.destination, "status": d.state, "attempts": d.attempts,
+         "last_status": None if d.last_status is None else f"0x{d.last_status:04X}",
+         "last_error": d.last_error, "next_attempt_at": d.next_attempt_at.isoformat(),
+         "expires_at": d.expires_at.isoformat()}
+        for d, study, sop, kind in session.execute(query)
+    ]  # fmt: skip

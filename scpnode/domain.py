@@ -98,6 +98,11 @@ class AuditKind(StrEnum):
     DELIVERED = "delivered"
     DELIVERY_FAILED = "delivery_failed"
     DELIVERY_EXPIRED = "delivery_expired"
+    DELIVERY_REQUEUED = "delivery_requeued"
+    CIRCUIT_OPENED = "circuit_opened"
+    CIRCUIT_CLOSED = "circuit_closed"
+    SPOOL_PURGED = "spool_purged"
+    CLAIMS_RELEASED = "claims_released"
 
 
 @dataclass(frozen=True)

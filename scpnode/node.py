@@ -7,6 +7,7 @@ restarted; its job's lease expires and another claim takes it over.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -28,12 +29,23 @@ from scpnode.clock import utcnow
 from scpnode.config import Settings
 from scpnode.domain import AuditKind
 from scpnode.ingest import Recorder
+from scpnode.queue import release_dead_claims
 from scpnode.receive.server import ReceiveServer
 from scpnode.reconcile import reconcile
 from scpnode.schedule import Scheduler
 from scpnode.spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM (warm stop) when `serve` dies, even by kill -9, so
+    no orphaned worker keeps running beside the next `serve`. Linux only; a no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class WorkerPool:
@@ -53,7 +65,7 @@ class WorkerPool:
         self._monitor.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.command)
+        proc = subprocess.Popen(self.command, preexec_fn=_stop_with_parent)
         log.info("worker started", extra={"pid": proc.pid})
         return proc
 
@@ -120,6 +132,11 @@ class Node:
             )
         self.spool.prepare()
         self.settings.outbox_dir.mkdir(parents=True, exist_ok=True)
+        jobs, deliveries = release_dead_claims(self.db, utcnow())
+        if jobs or deliveries:
+            log.warning(
+                "work of dead processes released", extra={"jobs": jobs, "deliveries": deliveries}
+            )
         added = reconcile(self.db, self.spool)
         if added:
             log.warning("spool files reconciled into the database", extra={"instances": added})

@@ -123,14 +123,15 @@ def input_fingerprint(rows: Sequence[InstanceRow]) -> str:
 
 
 def _instances(db: Database, study_id: int) -> list[InstanceRow]:
+    """The study's instances that are still on disk (a purged study keeps only its rows)."""
     with db.session() as session:
-        return list(
-            session.scalars(
-                select(InstanceRow)
-                .where(InstanceRow.study_id == study_id, InstanceRow.is_own.is_(False))
-                .order_by(InstanceRow.id)
-            )
+        study = session.get(StudyRow, study_id)
+        query = select(InstanceRow).where(
+            InstanceRow.study_id == study_id, InstanceRow.is_own.is_(False)
         )
+        if study is not None and study.purged_at is not None:
+            query = query.where(InstanceRow.received_at > study.purged_at)
+        return list(session.scalars(query.order_by(InstanceRow.id)))
 
 
 def _unchanged(ctx: PipelineContext, job: ClaimedJob, fingerprint: str) -> bool:

@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from scpnode import audit
 from scpnode.completion import StudyActivity, completion_reason
 from scpnode.db import Database
-from scpnode.db.models import AssociationRow, InstanceRow, JobRow, StudyRow
+from scpnode.db.models import AssociationRow, DeliveryRow, InstanceRow, JobRow, StudyRow
 from scpnode.db.session import rowcount
 from scpnode.domain import AuditKind, JobState, StudyState
+from scpnode.owners import is_dead_local_owner
 
 MAX_ATTEMPTS = 3
 
@@ -214,3 +215,24 @@ def settle_study(
         )
         == 1
     )
+
+
+def release_dead_claims(db: Database, now: datetime) -> tuple[int, int]:
+    """Free the jobs and delivery claims of local processes that died (kill -9, OOM, crash),
+    so a restart resumes their work now rather than when the lease runs out."""
+    with db.session() as session:
+        jobs = [j for j in session.scalars(select(JobRow).where(JobRow.state == JobState.RUNNING))
+                if is_dead_local_owner(j.lease_owner)]  # fmt: skip
+        for job in jobs:
+            job.lease_expires_at = now
+        deliveries = [d for d in session.scalars(
+            select(DeliveryRow).where(DeliveryRow.claimed_by.is_not(None)))
+            if is_dead_local_owner(d.claimed_by)]  # fmt: skip
+        for delivery in deliveries:
+            delivery.claimed_until, delivery.claimed_by = None, None
+        if jobs or deliveries:
+            audit.append(session, AuditKind.CLAIMS_RELEASED, now=now,
+                         jobs=[j.id for j in jobs], deliveries=[d.id for d in deliveries],
+                         owners=sorted({str(j.lease_owner) for j in jobs}
+                                       | {str(d.claimed_by) for d in deliveries}))  # fmt: skip
+    return len(jobs), len(deliveries)

@@ -16,6 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from scpnode.config import Settings
 from scpnode.db import Database
 from scpnode.queue import sweep_completions
+from scpnode.retention import purge_finished
 from scpnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class Scheduler:
             coalesce=True,
             id="completion",
         )
+        if settings.storage.retention_days > 0:
+            self._scheduler.add_job(self.purge, "interval", minutes=30, max_instances=1,
+                                    coalesce=True, id="retention")  # fmt: skip
         self._scheduler.add_job(
             self.clean_incoming,
             "interval",
@@ -73,6 +77,14 @@ class Scheduler:
         for uid in queued:
             log.info("study complete, queued", extra={"study": uid})
         return queued
+
+    def purge(self) -> list[str]:
+        try:
+            return purge_finished(self.db, self.spool, self.settings.storage.retention_days,
+                                  self.clock())  # fmt: skip
+        except Exception:
+            log.exception("spool retention failed; will retry")
+            return []
 
     def clean_incoming(self) -> int:
         """Drop partial receptions left by associations that died mid-transfer."""

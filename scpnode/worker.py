@@ -8,8 +8,6 @@ worker testable without timing games.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,14 +27,18 @@ from scpnode.clock import utcnow
 from scpnode.config import Settings
 from scpnode.delivery import Deliverer
 from scpnode.domain import AuditKind, JobState, StudyState
+from scpnode.owners import process_owner
 from scpnode.pipeline import PipelineContext, process_job
-from scpnode.queue import ClaimedJob, claim, finish_job, heartbeat, settle_study
+from scpnode.queue import (
+    ClaimedJob,
+    claim,
+    finish_job,
+    heartbeat,
+    release_dead_claims,
+    settle_study,
+)
 
 log = logging.getLogger(__name__)
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Worker:
@@ -52,7 +54,7 @@ class Worker:
     ) -> None:
         self.ctx = ctx
         self.deliverer = deliverer
-        self.owner = owner or worker_name()
+        self.owner = owner or process_owner()
         self.clock = clock or ctx.clock
         self.lease_s = ctx.settings.worker.lease_s
         self.poll_s = ctx.settings.worker.poll_interval_s
@@ -136,6 +138,7 @@ def build_worker(settings: Settings) -> Worker:
     from scpnode.infer.engine import DeviceError, ModelLoadError, load_model, resolve_device
 
     db = open_database(settings)
+    release_dead_claims(db, utcnow())
     weights = resolve_weights(settings, train=False)
     card = load_checked_card(settings, weights)
     try:

@@ -116,8 +116,9 @@ def test_derived_series_not_used() -> None:
 
 def test_mixed_matrix_sizes_are_not_analysed() -> None:
     members = series("1.1")
-    odd = InstanceInfo(**{**members[0].__dict__, "sop_instance_uid": "1.1.99", "rows": 256,
-                          "columns": 256})
+    odd = InstanceInfo(
+        **{**members[0].__dict__, "sop_instance_uid": "1.1.99", "rows": 256, "columns": 256}
+    )
     d = decide([*members, odd], RULES)
     assert d.verdict == Verdict.NOT_ANALYSED and "mixed matrix sizes" in d.reason
     assert "256x256" in d.reason and "512x512" in d.reason
