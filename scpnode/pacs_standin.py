@@ -6,6 +6,7 @@ this repository.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class PacsStandIn:
         self.received: list[Path] = []
         self.answer = 0x0000  # the status to answer with (a test can make it refuse)
         self.unsupported: set[str] = set()  # SOP classes answered 0x0122 after negotiation
+        self.delay_s = 0.0  # store, then wait this long before answering (a slow PACS)
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = require_called_aet
         skip = set(without)  # SOP classes not even negotiated
@@ -55,6 +57,7 @@ class PacsStandIn:
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(path, enforce_file_format=True)
         self.received.append(path)
+        time.sleep(self.delay_s)
         return 0x0000
 
     def stop(self) -> None:

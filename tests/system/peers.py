@@ -5,6 +5,7 @@ Every process is started on 127.0.0.1 with free ports and stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,3 +154,19 @@ class ServeProcess:
 
     def stop(self) -> int:
         return stop(self.proc) if self.proc is not None else 0
+
+    def children(self) -> list[int]:
+        """PIDs of the worker processes `serve` started."""
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    def kill9(self, workers_too: bool = True) -> None:
+        """The crash: SIGKILL, workers first when asked (a worker killed mid-job)."""
+        assert self.proc is not None
+        if workers_too:
+            for pid in self.children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(30)
