@@ -77,6 +77,10 @@ def _register_audit(sub: Adder, with_config: WithConfig) -> None:
     p.add_argument("--study", default=None, metavar="UID")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_audit_events)
+    p = with_config(audit.add_parser("export", help="events as ATNA audit messages (JSON lines)"))
+    p.add_argument("--study", default=None, metavar="UID")
+    p.add_argument("--since", default=None, metavar="ISO8601", type=_instant)
+    p.set_defaults(handler=cmd_audit_export)
     with_config(audit.add_parser("verify", help="check the audit hash chain")).set_defaults(
         handler=cmd_audit_verify
     )
@@ -121,6 +125,16 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def _instant(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _positive(text: str) -> int:
@@ -267,6 +281,24 @@ def cmd_audit_events(args: argparse.Namespace) -> int:
                 ("detail", "DETAIL"),
             ],
         )
+    return EXIT_OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from scpnode.app import node_identity
+    from scpnode.atna import json_lines
+    from scpnode.audit_views import list_events
+
+    settings = settings_from(args)
+    with _session(args) as session:
+        events = list_events(session, args.study)
+    if args.since is not None:
+        events = [e for e in events if datetime.fromisoformat(e["ts"]) >= args.since]
+    node = node_identity(settings)
+    for line in json_lines(events, node.ae_title, node.device_uid):
+        print(line)
     return EXIT_OK
 
 
