@@ -271,3 +271,10 @@ def test_admin_cli_answers_what_happened(node: Any) -> None:
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     assert all(datetime.fromisoformat(e["ts"]).utcoffset() is not None for e in events)
     assert "node_started" in {e["kind"] for e in events}
+
+
+def test_logs_carry_uids_not_patient_names_or_ids(node: Any) -> None:
+    serve, _, _ = node
+    log = serve.log.read_text()
+    assert "study complete, queued" in log  # the log is there, and about the studies
+    assert "PHANTOM" not in log and "SYN-" not in log  # synth's patient names and IDs
