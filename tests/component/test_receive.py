@@ -127,10 +127,13 @@ def test_bad_uid_gets_failure_status_and_nothing_is_stored(make_scp) -> None:
 def test_full_disk_answers_out_of_resources(make_scp) -> None:
     scp = make_scp(min_free_mb=10**9)
     assert send(scp, [ct_small()]) == [0xA700]
+    assert not any(scp.spool.root.glob("*/*/*.dcm"))
+    scp.spool.min_free_bytes = 0  # space comes back: the very next C-STORE is stored
+    assert send(scp, [ct_small()]) == [0x0000]
     scp.finish()
     (event,) = events(scp, "instance_rejected")
     assert "0xA700" in event.detail
-    assert not any(scp.spool.root.glob("*/*/*.dcm"))
+    assert len(list(scp.spool.root.glob("*/*/*.dcm"))) == 1
     assert list(scp.spool.incoming.iterdir()) == []
 
 
