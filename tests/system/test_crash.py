@@ -110,6 +110,10 @@ def test_kill_during_reception_loses_no_acknowledged_instance(
     assert row["received_instances"] >= acknowledged
     assert len(list(spool.rglob("*.dcm"))) == row["received_instances"]
     assert srs_in_orthanc(orthanc, spec.study_instance_uid) == [row["sr_sop_instance_uid"]]
+    print(
+        f"\nkill during reception: sent 80 (storescu gave up after the kill), acknowledged "
+        f"{acknowledged}, stored {row['received_instances']}, reported 1 SR"
+    )
     assert serve.stop() == 0
 
 
@@ -131,6 +135,7 @@ def test_kill_during_inference_reports_once(tmp_path: Path, orthanc: Orthanc) ->
     assert srs_in_orthanc(orthanc, spec.study_instance_uid) == [row["sr_sop_instance_uid"]]
     events = serve.cli("audit", "events", "--study", spec.study_instance_uid)
     assert "job_reclaimed" in events
+    print("\nkill during inference: sent 160, acknowledged 160, stored 160, reported 1 SR")
     assert serve.stop() == 0
 
 
@@ -157,6 +162,10 @@ def test_kill_during_delivery_leaves_one_sr_at_the_pacs(tmp_path: Path, demo_wei
         sent_uids = {p.stem for p in pacs.received}
         assert sent_uids == {row["sr_sop_instance_uid"]}  # resent, but the same object
         assert len(list((tmp_path / "pacs").rglob("*.dcm"))) == 1
+        print(
+            f"\nkill during delivery: sent 24, acknowledged 24, stored 24, SR sent "
+            f"{len(pacs.received)} times, 1 object at the PACS"
+        )
         assert serve.stop() == 0
     finally:
         pacs.stop()
