@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model_zoo.card import ModelCard, load_card, verify_weights
 from scpnode import __version__, scope
@@ -13,6 +15,9 @@ from scpnode.db import Database
 from scpnode.delivery import Deliverer, RetryPolicy
 from scpnode.domain import NodeIdentity
 from scpnode.uids import node_device_uid
+
+if TYPE_CHECKING:
+    from scpnode.send import Peer
 
 
 class StartupError(Exception):
@@ -100,15 +105,43 @@ def make_deliverer(db: Database, settings: Settings) -> Deliverer:
     from scpnode.send import store_file
 
     timeout = settings.delivery.timeout_s
+    with_tls = destination_tls(settings)
     return Deliverer(
         db,
         settings.node.ae_title,
         policy,
         utcnow,
         sender=lambda path, peer: store_file(
-            path, peer, settings.node.ae_title, timeout, fallback=comprehensive_sr_fallback
+            path, with_tls(peer), settings.node.ae_title, timeout,
+            fallback=comprehensive_sr_fallback,
         ),
         breaker=CircuitBreaker(settings.delivery.breaker_failures,
                                settings.delivery.breaker_cooldown_s),
         owner=process_owner(),
     )  # fmt: skip
+
+
+def destination_tls(settings: Settings) -> Callable[[Peer], Peer]:
+    """Attach the TLS settings of the configured destination that a delivery addresses.
+
+    Delivery rows keep AE title, host and port, not TLS settings, so the current configuration
+    supplies them: the destination at the same host and port (the same AE title first when
+    several share an address; TLS wins a tie). Each destination's certificates are loaded once
+    here, so a bad file stops start-up with its key named (ConfigError, exit 2).
+    """
+    from scpnode.tls import ClientTls, client_context, client_tls
+
+    by_address: dict[tuple[str, int], list[tuple[str, ClientTls | None]]] = {}
+    for dest in settings.destinations:
+        tls = client_tls(dest)
+        if tls is not None:
+            client_context(tls)
+        by_address.setdefault((dest.host, dest.port), []).append((dest.ae_title, tls))
+
+    def attach(peer: Peer) -> Peer:
+        candidates = by_address.get((peer.host, peer.port), [])
+        same_aet = [tls for aet, tls in candidates if aet == peer.ae_title]
+        tls = next((t for t in same_aet or [t for _, t in candidates] if t), None)
+        return peer if peer.tls is not None or tls is None else replace(peer, tls=tls)
+
+    return attach

@@ -394,6 +394,7 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
 
 def cmd_echo(args: argparse.Namespace) -> int:
     from scpnode.send import Outcome, Peer, echo
+    from scpnode.tls import client_tls
 
     settings = settings_from(args)
     destinations = [
@@ -407,8 +408,10 @@ def cmd_echo(args: argparse.Namespace) -> int:
         )
     failed = 0
     for dest in destinations:
-        result = echo(Peer(dest.ae_title, dest.host, dest.port), settings.node.ae_title)
-        print(f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): {result.detail}")
+        peer = Peer(dest.ae_title, dest.host, dest.port, tls=client_tls(dest))
+        result = echo(peer, settings.node.ae_title)
+        over = " over TLS" if peer.tls else ""
+        print(f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}{over}): {result.detail}")
         failed += result.outcome != Outcome.DELIVERED
     return EXIT_FAILURE if failed else EXIT_OK
 

@@ -7,10 +7,11 @@ beyond the contract are additions; a key never changes meaning once it exists.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,7 @@ AeTitle = Annotated[
     Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*\S[\x20-\x5b\x5d-\x7e]*$"),
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
+EnvName = Annotated[str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")]
 
 
 class ConfigError(Exception):
@@ -34,6 +36,34 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _empty_path_is_none(value: object) -> object:
+    return None if value in ("", None) else value
+
+
+class NodeTls(_Section):
+    """Addition ``[node.tls]``: DICOM TLS for the SCP; when enabled it speaks only TLS."""
+
+    enabled: bool = False
+    cert: Path | None = None  # PEM certificate (chain) of the node
+    key: Path | None = None  # its PEM private key
+    ca: Path | None = None  # PEM CA bundle that client certificates must chain to
+    require_client_cert: bool = True
+    key_password_env: EnvName = ""  # environment variable holding an encrypted key's password
+
+    @field_validator("cert", "key", "ca", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return _empty_path_is_none(value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> NodeTls:
+        if self.enabled and (self.cert is None or self.key is None):
+            raise ValueError("cert and key are required when enabled = true")
+        if self.enabled and self.require_client_cert and self.ca is None:
+            raise ValueError("ca is required when require_client_cert = true")
+        return self
 
 
 class NodeSettings(_Section):
@@ -47,6 +77,39 @@ class NodeSettings(_Section):
     device_uid: str = ""  # empty: derived from the AE title (stable per node)
     max_pdu: int = Field(default=262144, ge=0)  # 0: unlimited
     network_timeout_s: float = Field(default=60.0, gt=0)
+    require_called_aet: bool = False  # true: a called AE title other than ae_title: (1, 1, 7)
+    calling_aet_hosts: dict[AeTitle, tuple[str, ...]] = {}  # AE title -> IP addresses/networks
+    tls: NodeTls = NodeTls()
+
+    @field_validator("calling_aet_hosts")
+    @classmethod
+    def _networks(cls, hosts: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Each entry: a non-empty list of IP addresses or CIDR networks (host bits clear)."""
+        checked: dict[str, tuple[str, ...]] = {}
+        for aet, values in hosts.items():
+            if not values:
+                raise ValueError(f"{aet}: give at least one IP address or network")
+            networks = []
+            for value in values:
+                try:
+                    networks.append(str(ipaddress.ip_network(value.strip(), strict=True)))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{aet}: {value!r} is not an IP address or network ({exc})"
+                    ) from None
+            checked[aet.strip()] = tuple(networks)
+        return checked
+
+    @model_validator(mode="after")
+    def _bound_titles_allowed(self) -> NodeSettings:
+        allowed = {a.strip() for a in self.allowed_calling_aets}
+        stray = sorted(set(self.calling_aet_hosts) - allowed) if allowed else []
+        if stray:
+            raise ValueError(
+                f"calling_aet_hosts: {', '.join(stray)} not in allowed_calling_aets "
+                "(an AE title must be allowed before it can be bound to addresses)"
+            )
+        return self
 
 
 class StorageSettings(_Section):
@@ -136,6 +199,29 @@ class Destination(_Section):
     ae_title: AeTitle
     host: str
     port: Port
+    # additions: DICOM TLS to this destination
+    tls: bool = False
+    ca: Path | None = None  # PEM CA bundle the PACS certificate must chain to; none: system CAs
+    cert: Path | None = None  # our client certificate (optional; with key)
+    key: Path | None = None
+    server_hostname: str = ""  # name checked against the PACS certificate; empty: host
+    key_password_env: EnvName = ""
+
+    @field_validator("cert", "key", "ca", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return _empty_path_is_none(value)
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Destination:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (a client certificate needs its key)")
+        extra = [k for k in ("ca", "cert", "key") if getattr(self, k) is not None]
+        if not self.tls and (extra or self.server_hostname or self.key_password_env):
+            raise ValueError(
+                "ca, cert, key, server_hostname, key_password_env are used only with tls = true"
+            )
+        return self
 
 
 class WorkerSettings(_Section):
@@ -209,7 +295,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``SCPNODE_NODE__PORT=11112`` sets ``[node] port``; ``SCPNODE_DESTINATIONS`` a TOML array.
+    """``SCPNODE_NODE__PORT=11112`` sets ``[node] port``; ``SCPNODE_DESTINATIONS`` a TOML array;
+    ``SCPNODE_NODE__TLS__ENABLED=true`` sets ``[node.tls] enabled`` (a key of a sub-table).
 
     Other ``SCPNODE_*`` variables without a double underscore (``SCPNODE_CONFIG``,
     ``SCPNODE_CACHE_DIR``) are not configuration keys and are left alone.
@@ -228,6 +315,12 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: [{parts[0]}] is not a section")
             section[parts[1]] = value
+        elif len(parts) == 3 and all(parts):
+            table = raw.setdefault(parts[0], {})
+            sub = table.setdefault(parts[1], {}) if isinstance(table, dict) else None
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{name}: [{parts[0]}.{parts[1]}] is not a section")
+            sub[parts[2]] = value
         else:
             raise ConfigError(f"{name}: expected SCPNODE_<SECTION>__<KEY>")
 
@@ -268,8 +361,25 @@ def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Setti
         update={"url": _resolve_sqlite(settings.database.url, base)}
     )
     return settings.model_copy(
-        update={"storage": storage, "model": model, "database": database, "source": source}
+        update={
+            "storage": storage, "model": model, "database": database, "source": source,
+            **_resolve_tls_paths(settings, resolve),
+        }
+    )  # fmt: skip
+
+
+def _resolve_tls_paths(settings: Settings, resolve: Callable[[Path], Path]) -> dict[str, Any]:
+    """Certificates, keys and CA bundles of ``[node.tls]`` and of each destination."""
+
+    def paths(section: NodeTls | Destination) -> dict[str, Path | None]:
+        found: dict[str, Path | None] = {k: getattr(section, k) for k in ("cert", "key", "ca")}
+        return {k: None if v is None else resolve(v) for k, v in found.items()}
+
+    node = settings.node.model_copy(
+        update={"tls": settings.node.tls.model_copy(update=paths(settings.node.tls))}
     )
+    destinations = tuple(d.model_copy(update=paths(d)) for d in settings.destinations)
+    return {"node": node, "destinations": destinations}
 
 
 def _resolve_sqlite(url: str, base: Path) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from scpnode import audit
 from scpnode.app import (
     check_model_policy,
+    destination_tls,
     load_checked_card,
     node_identity,
     open_database,
@@ -123,6 +124,7 @@ class Node:
         """Check the model policy, build demo weights if needed, reconcile spool and DB."""
         if self.settings.model.weights is None:
             check_model_policy(self.settings, None)  # refuse before spending minutes training
+        destination_tls(self.settings)  # bad certificates stop `serve`, not just its workers
         weights = resolve_weights(self.settings, train=True, log=self.say)  # type: ignore[arg-type]
         card = load_checked_card(self.settings, weights)
         if card.synthetic:

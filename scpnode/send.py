@@ -8,6 +8,7 @@ goes to `failed` with its reason instead of being hammered until it expires.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -19,7 +20,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
+from scpnode.config import ConfigError
 from scpnode.dicomnet import assoc_socket, disable_nagle, identify, rejection_text
+from scpnode.tls import ClientTls, ConnectContext, client_context, describe, is_permanent
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Peer:
     ae_title: str
     host: str
     port: int
+    tls: ClientTls | None = None  # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,12 @@ def association(
     transfer_syntaxes: list[str] | None = None,
     timeout_s: float = 30.0,
 ) -> Iterator[Any]:
-    """An established association (Nagle off), released on exit; raises AssociationFailed."""
+    """An established association (Nagle off), released on exit; raises AssociationFailed.
+
+    With `peer.tls` the association runs over TLS: a fresh context per association (renewed
+    certificates need no restart), the peer's certificate checked against the configured CA
+    and its server name (the host unless `server_hostname` is set).
+    """
     ae = identify(AE(ae_title=calling_aet))
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
@@ -84,15 +93,18 @@ def association(
         connected.append(True)
         disable_nagle(assoc_socket(event.assoc))
 
+    tls_context = _tls_context(peer)
     assoc = ae.associate(
         peer.host,
         peer.port,
         ae_title=peer.ae_title,
         max_pdu=DEFAULT_MAX_PDU,
         evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+        tls_args=None if tls_context is None else (tls_context, _server_hostname(peer)),
     )
     if not assoc.is_established:
-        raise AssociationFailed(_association_failure(assoc, bool(connected)))
+        tls_error = None if tls_context is None else tls_context.error
+        raise AssociationFailed(_association_failure(assoc, bool(connected), tls_error))
     try:
         yield assoc
     finally:
@@ -100,7 +112,28 @@ def association(
             assoc.release()
 
 
-def _association_failure(assoc: Any, connected: bool) -> SendResult:
+def _tls_context(peer: Peer) -> ConnectContext | None:
+    """The ConnectContext for `peer.tls` (None for plain TCP); a bad local file is permanent."""
+    if peer.tls is None:
+        return None
+    try:
+        return client_context(peer.tls)
+    except ConfigError as exc:
+        raise AssociationFailed(SendResult(Outcome.PERMANENT, None, str(exc))) from None
+
+
+def _server_hostname(peer: Peer) -> str:
+    return (peer.tls.server_hostname if peer.tls else "") or peer.host
+
+
+def _association_failure(
+    assoc: Any, connected: bool, tls_error: ssl.SSLError | None = None
+) -> SendResult:
+    if tls_error is not None and not assoc.is_rejected:
+        # an untrusted certificate or a refused handshake will fail the same way next time,
+        # like a permanent A-ASSOCIATE-RJ: failed with the reason, re-queued once fixed
+        outcome = Outcome.PERMANENT if is_permanent(tls_error) else Outcome.TRANSIENT
+        return SendResult(outcome, None, describe(tls_error))
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
         result, source, diag = primitive.result, primitive.result_source, primitive.diagnostic

@@ -18,9 +18,11 @@ from pynetdicom import _config as pynetdicom_config
 
 from scpnode.config import NodeSettings
 from scpnode.dicomnet import identify
+from scpnode.receive.access import CallingAeBinding
 from scpnode.receive.contexts import accepted_sop_classes, storage_contexts
 from scpnode.receive.handlers import Sink, StoreHandlers
 from scpnode.spool import Spool
+from scpnode.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,18 @@ class ReceiveServer:
         self.node = node
         self.spool = spool
         self.handlers = StoreHandlers(
-            spool, sink, allowed_sop_classes=accepted_sop_classes(node.accept_all_storage)
+            spool,
+            sink,
+            allowed_sop_classes=accepted_sop_classes(node.accept_all_storage),
+            calling_aet_hosts=CallingAeBinding(node.calling_aet_hosts),
         )
         self.ae = self._make_ae()
+        # node.tls: built now, so a bad certificate or key stops start-up (exit 2, names the key)
+        self.ssl_context = (
+            server_context(node.tls, handshake_timeout_s=float(self.ae.acse_timeout or 30))
+            if node.tls.enabled
+            else None
+        )
         self._server: Any = None
 
     def _make_ae(self) -> AE:
@@ -43,6 +54,7 @@ class ReceiveServer:
         ae.maximum_pdu_size = self.node.max_pdu
         ae.network_timeout = self.node.network_timeout_s
         ae.require_calling_aet = list(self.node.allowed_calling_aets)
+        ae.require_called_aet = self.node.require_called_aet
         ae.supported_contexts = storage_contexts(self.node.accept_all_storage)
         return ae
 
@@ -50,12 +62,15 @@ class ReceiveServer:
         h = self.handlers
         return [
             (evt.EVT_CONN_OPEN, h.on_conn_open),
+            (evt.EVT_CONN_CLOSE, h.on_conn_close),
+            (evt.EVT_REQUESTED, h.on_requested),
             (evt.EVT_ACCEPTED, h.on_accepted),
             (evt.EVT_REJECTED, h.on_rejected),
             (evt.EVT_RELEASED, h.on_released),
             (evt.EVT_ABORTED, h.on_aborted),
             (evt.EVT_C_ECHO, h.on_echo),
             (evt.EVT_C_STORE, h.on_store),
+            (evt.EVT_DIMSE_RECV, h.on_dimse_recv),
         ]
 
     def start(self, host: str | None = None, port: int | None = None) -> int:
@@ -67,9 +82,14 @@ class ReceiveServer:
             host if host is not None else self.node.host,
             port if port is not None else self.node.port,
         )
-        self._server = self.ae.start_server(address, block=False, evt_handlers=self._evt_handlers())
+        self._server = self.ae.start_server(
+            address, block=False, ssl_context=self.ssl_context, evt_handlers=self._evt_handlers()
+        )
         bound = int(self._server.server_address[1])
-        log.info("SCP listening", extra={"ae_title": self.node.ae_title, "port": bound})
+        log.info(
+            "SCP listening",
+            extra={"ae_title": self.node.ae_title, "port": bound, "tls": bool(self.ssl_context)},
+        )
         return bound
 
     @property
