@@ -74,6 +74,7 @@ class AuditKind(StrEnum):
     ASSOCIATION_REJECTED = "association_rejected"
     ASSOCIATION_RELEASED = "association_released"
     ASSOCIATION_ABORTED = "association_aborted"
+    CONNECTION_DROPPED = "connection_dropped"
     CONTEXT_REJECTED = "context_rejected"
     INSTANCE_STORED = "instance_stored"
     INSTANCE_DUPLICATE = "instance_duplicate"

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -25,6 +25,7 @@ from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
     AssociationRejected,
+    ConnectionDropped,
     InstanceReceived,
     InstanceRefused,
     Record,
@@ -32,6 +33,7 @@ from scpnode.receive.records import (
 from scpnode.spool import StoreKind
 
 log = logging.getLogger(__name__)
+DROP_AUDIT_INTERVAL = timedelta(seconds=60)
 _STOP = object()
 
 
@@ -43,6 +45,7 @@ class Recorder:
         self.batch_size = batch_size
         self._queue: queue.Queue[object] = queue.Queue()
         self._assoc_ids: dict[int, int] = {}
+        self._drops: dict[str, tuple[datetime | None, int]] = {}
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
 
     def start(self) -> None:
@@ -105,6 +108,20 @@ class Recorder:
             record_instance(session, record, self._assoc_ids.get(record.key))
         elif isinstance(record, InstanceRefused):
             _refused(session, record, self._assoc_ids.get(record.key))
+        elif isinstance(record, ConnectionDropped):
+            self._dropped(session, record)
+
+    def _dropped(self, session: Session, rec: ConnectionDropped) -> None:
+        """Audited, at most once a minute per peer address: a load balancer's TCP checks must
+        not flood the log, a burst of junk still shows (with how many were folded in)."""
+        last, folded = self._drops.get(rec.peer_host, (None, 0))
+        if last is not None and rec.at - last < DROP_AUDIT_INTERVAL:
+            self._drops[rec.peer_host] = (last, folded + 1)
+            return
+        self._drops[rec.peer_host] = (rec.at, 0)
+        audit.append(session, AuditKind.CONNECTION_DROPPED, now=rec.at,
+                     peer=f"{rec.peer_host}:{rec.peer_port}", since_last_event=folded,
+                     reason="closed before a valid A-ASSOCIATE-RQ")  # fmt: skip
 
     def _opened(self, session: Session, rec: AssociationOpened) -> None:
         row = _association_row(session, rec, AssociationOutcome.OPEN)

@@ -69,6 +69,20 @@ class InstanceRefused:
     study_uid: str | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class ConnectionDropped:
+    """A connection that closed before any valid A-ASSOCIATE-RQ (junk, a probe, failed TLS)."""
+
+    peer_host: str
+    peer_port: int
+    at: datetime
+
+
 Record = (
-    AssociationOpened | AssociationClosed | AssociationRejected | InstanceReceived | InstanceRefused
+    AssociationOpened
+    | AssociationClosed
+    | AssociationRejected
+    | InstanceReceived
+    | InstanceRefused
+    | ConnectionDropped
 )

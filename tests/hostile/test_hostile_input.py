@@ -400,6 +400,9 @@ def test_garbage_on_the_port_is_dropped_and_the_node_stays_healthy(make_scp, kin
         assert assoc.outcome == "aborted" and "instance_stored" not in kinds
     scp.finish()
     assert list(scp.spool.incoming.iterdir()) == []
+    if kind in ("random 1 KiB", "A-ASSOCIATE-RQ cut in half"):  # no association ever existed
+        (dropped,) = audit_events(scp, "connection_dropped")
+        assert "127.0.0.1" in dropped.detail and "A-ASSOCIATE-RQ" in dropped.detail
 
 
 def test_port_probes_do_not_hold_association_slots(make_scp) -> None:
@@ -409,6 +412,9 @@ def test_port_probes_do_not_hold_association_slots(make_scp) -> None:
         socket.create_connection(("127.0.0.1", scp.port), timeout=5).close()
     assert wait_until(lambda: scp.server.active_associations == 0, 3)
     assert_healthy(scp)
+    scp.finish()
+    (dropped,) = audit_events(scp, "connection_dropped")  # five probes, one event a minute
+    assert '"since_last_event": 0' in dropped.detail
 
 
 # --- 5. an association held open and idle ---------------------------------------------------
