@@ -120,3 +120,17 @@ def test_a_dead_workers_job_and_claim_are_released_at_start(make_rig: Any) -> No
     assert "claims_released" in kinds(rig) and "job_reclaimed" in kinds(rig)
     assert release_dead_claims(db, utcnow()) == (0, 0)
     assert owner != f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_a_job_whose_lease_expired_is_taken_over(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(57, n_slices=SLICES)
+    rig.send(list(iter_study_datasets(spec)))
+    rig.recorder.flush()
+    db = rig.worker.ctx.db
+    sweep_completions(db, utcnow() + timedelta(seconds=5), grace_s=1, idle_timeout_s=60)
+    assert claim(db, "elsewhere:1", lease_s=30, now=utcnow()) is not None  # another host
+    assert release_dead_claims(db, utcnow()) == (0, 0)  # not ours to judge
+    assert claim(db, "here:2", lease_s=30, now=utcnow() + timedelta(seconds=29)) is None
+    taken = claim(db, "here:2", lease_s=30, now=utcnow() + timedelta(seconds=31))
+    assert taken is not None and taken.attempt == 2
