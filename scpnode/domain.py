@@ -104,6 +104,14 @@ class AuditKind(StrEnum):
     CIRCUIT_CLOSED = "circuit_closed"
     SPOOL_PURGED = "spool_purged"
     CLAIMS_RELEASED = "claims_released"
+    # the web console's users and their actions (every admin action is audited)
+    USER_ADDED = "user_added"
+    USER_REMOVED = "user_removed"
+    USER_PASSWORD_SET = "user_password_set"
+    USER_LOGIN = "user_login"
+    USER_LOGIN_FAILED = "user_login_failed"
+    USER_LOGOUT = "user_logout"
+    CHAIN_VERIFIED = "chain_verified"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class InstanceHeader:
     number_of_frames: int = 1
     rows: int | None = None
     columns: int | None = None
+    images_in_acquisition: int | None = None
     is_own: bool = False
 
     def row_fields(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def summarise(ds: Dataset) -> InstanceHeader:
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
+        images_in_acquisition=_int(ds, "ImagesInAcquisition"),
         is_own=is_own_object(ds),
     )
 

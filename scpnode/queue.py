@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from scpnode import audit
-from scpnode.completion import StudyActivity, completion_reason
+from scpnode import audit, scope
+from scpnode.completion import SeriesProgress, StudyActivity, completion_reason
 from scpnode.db import Database
 from scpnode.db.models import AssociationRow, DeliveryRow, InstanceRow, JobRow, StudyRow
 from scpnode.db.session import rowcount
@@ -68,7 +68,29 @@ def _activity(session: Session, study: StudyRow) -> StudyActivity:
             func.max(AssociationRow.ended_at),
         ).where(AssociationRow.id.in_(assoc_ids))
     ).one()
-    return StudyActivity(study.last_received_at, int(open_count or 0), last_end)
+    return StudyActivity(study.last_received_at, int(open_count or 0), last_end,
+                         _series_progress(session, study))  # fmt: skip
+
+
+def _series_progress(session: Session, study: StudyRow) -> tuple[SeriesProgress, ...]:
+    """Per CT series: the expected count its headers announce, and what arrived."""
+    rows = session.scalars(
+        select(InstanceRow).where(InstanceRow.study_id == study.id,
+                                  InstanceRow.is_own.is_(False),
+                                  InstanceRow.sop_class_uid.in_(scope.CT_CLASSES))
+    ).all()  # fmt: skip
+    by_series: dict[str, list[InstanceRow]] = {}
+    for row in rows:
+        by_series.setdefault(row.series_instance_uid, []).append(row)
+    return tuple(
+        SeriesProgress(
+            expected=max((m.images_in_acquisition or 0 for m in members), default=0) or None,
+            received=len(members),
+            positions=tuple(scope.z_positions(members)),
+            multiframe=any(m.sop_class_uid == scope.ENHANCED_CT for m in members),
+        )
+        for members in by_series.values()
+    )
 
 
 def _queue_study(session: Session, study: StudyRow, reason: str, now: datetime) -> bool:

@@ -151,10 +151,15 @@ def is_lung_kernel(kernel: str, rules: ScopeRules) -> bool:
     return any(re.search(pattern, text) for pattern in rules.lung_kernels)
 
 
-def z_coverage_mm(members: Sequence[InstanceInfo]) -> float:
+def z_positions(members: Sequence[InstanceInfo]) -> list[float]:
+    """Positions along the slice normal (ImagePositionPatient projected), where known."""
     normal = _normal(members[0].orientation) or (0.0, 0.0, 1.0)
     zs = [_project(m.position, normal) for m in members]
-    values = [z for z in zs if z is not None]
+    return [z for z in zs if z is not None]
+
+
+def z_coverage_mm(members: Sequence[InstanceInfo]) -> float:
+    values = z_positions(members)
     return max(values) - min(values) if values else 0.0
 
 

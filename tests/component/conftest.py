@@ -55,11 +55,12 @@ class Rig:
     def send(self, datasets: list[Any], calling: str = "CT01") -> list[int | None]:
         return store_datasets(datasets, Peer("SCPNODE", "127.0.0.1", self.port), calling)
 
-    def complete_and_process(self) -> None:
-        """Flush records, let the completion sweep fire (as if the grace passed), run a burst."""
+    def complete_and_process(self, after_s: float = 5) -> None:
+        """Flush records, let the completion sweep fire as if `after_s` had passed (the grace;
+        61 for the idle timer), run a burst."""
         self.recorder.flush()
         sweep_completions(
-            self.worker.ctx.db, utcnow() + timedelta(seconds=5), grace_s=1, idle_timeout_s=60
+            self.worker.ctx.db, utcnow() + timedelta(seconds=after_s), grace_s=1, idle_timeout_s=60
         )
         self.worker.run_burst()
 

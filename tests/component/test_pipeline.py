@@ -89,13 +89,13 @@ def test_only_a_changed_selected_series_is_reprocessed(make_rig: Any) -> None:
     datasets = list(iter_study_datasets(spec))
     datasets.sort(key=lambda ds: int(ds.InstanceNumber))
     rig.send(datasets[:-2])
-    rig.complete_and_process()
+    rig.complete_and_process(after_s=61)  # two slices short: only the idle timer completes it
     first = rig.studies()[spec.study_instance_uid]
     assert first["status"] == "delivered"
     # the same instances again, and a second (soft-kernel) series: the selection is unchanged
     rig.send(datasets[:3])
     rig.send(list(iter_study_datasets(extra_series(spec, kernel="B30f", thickness=3.0))))
-    rig.complete_and_process()
+    rig.complete_and_process(after_s=61)
     same = rig.studies()[spec.study_instance_uid]
     assert same["status"] == "delivered"
     assert same["sr_sop_instance_uid"] == first["sr_sop_instance_uid"]

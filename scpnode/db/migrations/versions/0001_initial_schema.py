@@ -121,6 +121,7 @@ def upgrade() -> None:
         sa.Column("number_of_frames", sa.Integer(), nullable=False),
         sa.Column("rows", sa.Integer(), nullable=True),
         sa.Column("columns", sa.Integer(), nullable=True),
+        sa.Column("images_in_acquisition", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["association_id"],
             ["associations.id"],
@@ -299,7 +300,38 @@ def upgrade() -> None:
         )
 
 
+    # --- web console (hand-added until the lead regenerates this file) ---
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("last_login_at", sa.DateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
+        "web_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_sha256", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_sha256"),
+    )
+    op.create_index("ix_web_sessions_user_id", "web_sessions", ["user_id"])
+    op.create_index("ix_web_sessions_expires_at", "web_sessions", ["expires_at"])
+
+
 def downgrade() -> None:
+    op.drop_table("web_sessions")
+    op.drop_table("users")
 
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_attempts_delivery_id"))
