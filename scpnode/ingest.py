@@ -247,7 +247,7 @@ def _refused(session: Session, rec: InstanceRefused, assoc_id: int | None) -> No
 def record_instance(session: Session, rec: InstanceReceived, assoc_id: int | None) -> None:
     """Upsert the instance and move its study's state (new data reopens a finished study)."""
     header = rec.header
-    is_own = header.is_own or _is_our_sr(session, header.sop_uid)
+    is_own = header.is_own or _is_our_object(session, header.sop_class_uid, header.sop_uid)
     study = _study_for(session, header.study_uid, rec, is_own)
     row = session.scalar(select(InstanceRow).where(InstanceRow.sop_instance_uid == header.sop_uid))
     event: dict[str, Any] = dict(study_uid=header.study_uid, association_id=assoc_id, now=rec.at,
@@ -284,7 +284,17 @@ def _upsert(session: Session, row: InstanceRow | None, rec: InstanceReceived, st
     row.path, row.bytes, row.sha256, row.received_at = rec.path, rec.size, rec.sha256, rec.at
 
 
-def _is_our_sr(session: Session, sop_uid: str) -> bool:
+OUR_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.7",  # secondary capture (heat maps)
+)
+
+
+def _is_our_object(session: Session, sop_class_uid: str, sop_uid: str) -> bool:
+    """One of the objects we sent, routed back. Only classes we send can be: CT never is, so
+    a study's hundreds of slices cost no lookup."""
+    if not sop_class_uid.startswith(OUR_SOP_CLASSES):
+        return False
     return session.scalar(select(SrRow.id).where(SrRow.sop_instance_uid == sop_uid)) is not None
 
 
