@@ -107,7 +107,7 @@ class AuditKind(StrEnum):
     # the web console's users and their actions (every admin action is audited)
     USER_ADDED = "user_added"
     USER_REMOVED = "user_removed"
-    USER_PASSWORD_SET = "user_password_set"
+    USER_PASSWORD_SET = "user_password_set"  # noqa: S105 (an event name, not a secret)
     USER_LOGIN = "user_login"
     USER_LOGIN_FAILED = "user_login_failed"
     USER_LOGOUT = "user_logout"
