@@ -91,6 +91,17 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "users",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("password_hash", sa.String(length=255), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("last_login_at", sa.DateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
+    op.create_table(
         "instances",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("study_id", sa.Integer(), nullable=False),
@@ -160,6 +171,28 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index("ix_jobs_state_lease", ["state", "lease_expires_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_study_id"), ["study_id"], unique=False)
+
+    op.create_table(
+        "web_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_sha256", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("csrf_token", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_sha256"),
+    )
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_web_sessions_expires_at"), ["expires_at"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_web_sessions_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "results",
@@ -300,38 +333,7 @@ def upgrade() -> None:
         )
 
 
-    # --- web console (hand-added until the lead regenerates this file) ---
-    op.create_table(
-        "users",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("role", sa.String(length=16), nullable=False),
-        sa.Column("password_hash", sa.String(length=255), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("last_login_at", sa.DateTime(), nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("name"),
-    )
-    op.create_table(
-        "web_sessions",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("token_sha256", sa.String(length=64), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("csrf_token", sa.String(length=64), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("last_seen_at", sa.DateTime(), nullable=False),
-        sa.Column("expires_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"]),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("token_sha256"),
-    )
-    op.create_index("ix_web_sessions_user_id", "web_sessions", ["user_id"])
-    op.create_index("ix_web_sessions_expires_at", "web_sessions", ["expires_at"])
-
-
 def downgrade() -> None:
-    op.drop_table("web_sessions")
-    op.drop_table("users")
 
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_attempts_delivery_id"))
@@ -356,6 +358,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_results_study_id"))
 
     op.drop_table("results")
+    with op.batch_alter_table("web_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_web_sessions_user_id"))
+        batch_op.drop_index(batch_op.f("ix_web_sessions_expires_at"))
+
+    op.drop_table("web_sessions")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_study_id"))
         batch_op.drop_index("ix_jobs_state_lease")
@@ -366,6 +373,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_instances_series_instance_uid"))
 
     op.drop_table("instances")
+    op.drop_table("users")
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_index("ix_studies_state_changed")
         batch_op.drop_index(batch_op.f("ix_studies_state"))
