@@ -26,6 +26,7 @@ from scpnode.receive.access import (
     reject,
     requested_calling_aet,
 )
+from scpnode.receive.fastpath import accelerate
 from scpnode.receive.lifecycle import bound_reads, discard_partial_datasets
 from scpnode.receive.records import (
     AssociationClosed,
@@ -86,6 +87,8 @@ class StoreHandlers:
             return
         disable_nagle(sock)
         bound_reads(sock, event.assoc.network_timeout)
+        # event-driven waits (fastpath.py); released in `_after_association`, or at collection
+        event.assoc.scpnode_release = accelerate(event.assoc, sock)
 
     def on_conn_close(self, event: Any) -> None:
         """End the wait of an acceptor whose connection closed before any A-ASSOCIATE-RQ.
@@ -190,6 +193,11 @@ class StoreHandlers:
             unserved = self._unserved.pop(id(assoc), set())
         discard_partial_datasets(assoc, unserved)
         self._closed(assoc, "aborted")
+        dul, release = getattr(assoc, "dul", None), getattr(assoc, "scpnode_release", None)
+        if release is not None and dul is not None:
+            dul.join(10.0)
+            if not dul.is_alive():
+                release()  # else it is closed when the DUL object is collected
 
     def on_dimse_recv(self, event: Any) -> None:
         """Note where pynetdicom streamed a complete data set, until `on_store` takes it.

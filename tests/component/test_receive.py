@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -16,6 +18,7 @@ from sqlalchemy import select
 
 from scpnode.db.models import AssociationRow, AuditEventRow, InstanceRow, StudyRow
 from scpnode.dicomnet import IMPLEMENTATION_CLASS_UID
+from scpnode.receive import fastpath
 from scpnode.send import Peer, echo, store_datasets
 from tests.conftest import PEER_ENV, ct_small, need
 
@@ -73,6 +76,33 @@ def test_echo_and_nagle_disabled(make_scp) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         assoc.release()
+
+
+def test_fast_path_hooks_our_acceptors_and_frees_their_pipes(make_scp) -> None:
+    """Event-driven waits (receive/fastpath.py) on every accepted association, and the
+    wake-up pipe of each is closed once it ends: a node up for months leaks no descriptors."""
+    scp = make_scp()
+    fds = Path("/proc/self/fd")
+    before = len(list(fds.iterdir()))
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+    try:
+        acceptor = next(a for a in scp.server.ae.active_associations if a.is_acceptor)
+        assert callable(getattr(acceptor, fastpath._HOOK))
+        assert isinstance(acceptor.dul.to_provider_queue, fastpath._WakingQueue)
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+    for _ in range(20):
+        assert echo(Peer(scp.ae_title, "127.0.0.1", scp.port), "MONITOR").status == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        gc.collect()
+        if len(list(fds.iterdir())) <= before + 2 and not scp.server.active_associations:
+            break
+        time.sleep(0.1)
+    assert len(list(fds.iterdir())) <= before + 2, "wake-up pipes left open"
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(make_scp, tmp_path: Path) -> None:
