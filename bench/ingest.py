@@ -1,27 +1,36 @@
-"""Ingest benchmark: dcmtk `storescu` sending one synthetic CT series to dcmtk `storescp`
-(the baseline) and to our SCP (spool + recorder + SQLite), same files, same machine, no fsync.
+"""Ingest benchmark: dcmtk `storescu` sending synthetic CT series to dcmtk `storescp` (the
+baseline), to a bare pynetdicom SCP whose handler does nothing (the stack's own ceiling), and
+to our SCP (spool + recorder + SQLite); same files, same machine, no fsync on either side.
 
-    .venv/bin/python bench/ingest.py [--slices 300] [--runs 3]
+    .venv/bin/python bench/ingest.py [--slices 300] [--runs 5] [--senders 1] [--fastpath on]
 
-Prints the median wall time of each and the ratio node / storescp.
+`--senders 4` sends four copies of the series at once (four `storescu`, `storescp --fork`).
+`--fastpath off` measures our SCP without receive/fastpath.py (pynetdicom's polling loops),
+to show what the adapter buys. Runs are interleaved (storescp, bare, node, storescp, ...) so
+a noisy machine slows all of them alike; prints medians and the ratio of each to storescp.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pydicom.uid import generate_uid
+
 from scpnode.config import NodeSettings
 from scpnode.db import Database
 from scpnode.ingest import Recorder
+from scpnode.receive import handlers as receive_handlers
 from scpnode.receive.server import ReceiveServer
 from scpnode.spool import Spool
 from scpnode.synth import make_study_spec, write_study
@@ -31,43 +40,71 @@ from tests.system.peers import free_port
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def send(folder: Path, port: int, aec: str) -> float:
+def send(folders: list[Path], port: int, aec: str) -> float:
+    """All folders at once, one `storescu` each; wall time until the last one finished."""
     started = time.perf_counter()
-    subprocess.run(
-        [
-            need("storescu"),
-            "-aet",
-            "BENCH",
-            "-aec",
-            aec,
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        env=ENV,
-        check=True,
-        capture_output=True,
-    )
+    storescu = [need("storescu"), "-aec", aec, "+sd", "+r"]
+    procs = [
+        subprocess.Popen(
+            [*storescu, "-aet", f"BENCH{i}", "127.0.0.1", str(port), str(folder)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i, folder in enumerate(folders)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
     return time.perf_counter() - started
 
 
-def run_storescp(folder: Path, out: Path) -> float:
+def wait_listening(port: int, timeout_s: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def run_storescp(folders: list[Path], out: Path) -> float:
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
+    fork = ["--fork"] if len(folders) > 1 else []
     proc = subprocess.Popen(
-        [need("storescp"), "-aet", "STORESCP", "-od", str(out), str(port)], env=ENV
+        [need("storescp"), *fork, "-aet", "STORESCP", "-od", str(out), str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
-        return send(folder, port, "STORESCP")
+        wait_listening(port)
+        return send(folders, port, "STORESCP")
     finally:
         proc.terminate()
         proc.wait()
+        shutil.rmtree(out, ignore_errors=True)
 
 
-def run_node(folder: Path, work: Path) -> tuple[float, float]:
+def run_bare(folders: list[Path], work: Path) -> float:
+    """Our SCP's AE configuration (contexts, PDU size, fast path) with a do-nothing handler."""
+    server = ReceiveServer(NodeSettings(host="127.0.0.1"), Spool(work / "spool"), lambda _r: None)
+    server.handlers.on_store = lambda _event: 0  # type: ignore[method-assign]
+    port = server.start(port=0)
+    try:
+        return send(folders, port, "SCPNODE")
+    finally:
+        server.stop(5)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_node(folders: list[Path], work: Path) -> tuple[float, float]:
+    """(last C-STORE acknowledged, last audit row written)."""
     db = Database(f"sqlite:///{work}/bench.db")
     db.upgrade()
     recorder = Recorder(db)
@@ -75,7 +112,7 @@ def run_node(folder: Path, work: Path) -> tuple[float, float]:
     server = ReceiveServer(NodeSettings(host="127.0.0.1"), Spool(work / "spool"), recorder.submit)
     port = server.start(port=0)
     try:
-        wire = send(folder, port, "SCPNODE")
+        wire = send(folders, port, "SCPNODE")
         started = time.perf_counter()
         recorder.flush()
         return wire, wire + (time.perf_counter() - started)
@@ -83,33 +120,62 @@ def run_node(folder: Path, work: Path) -> tuple[float, float]:
         server.stop(5)
         recorder.stop()
         db.dispose()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def copies(series: Path, n: int, root: Path) -> list[Path]:
+    """n copies of the series with their own UIDs (so every sender stores new instances)."""
+    if n == 1:
+        return [series]
+    folders = []
+    for i in range(n):
+        spec = make_study_spec(100 + i, n_slices=len(list(series.glob("**/*.dcm"))))
+        write_study(spec, root / f"series{i}")
+        folders.append(root / f"series{i}")
+    return folders
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--senders", type=int, default=1)
+    parser.add_argument("--fastpath", choices=["on", "off"], default="on")
     args = parser.parse_args()
+    if args.fastpath == "off":
+        receive_handlers.accelerate = lambda _assoc, _sock: None  # type: ignore[assignment]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        spec = make_study_spec(1, n_slices=args.slices)
-        write_study(spec, root / "series")
-        size = sum(p.stat().st_size for p in (root / "series").rglob("*.dcm"))
-        base, node, node_db = [], [], []
-        for i in range(args.runs):
-            base.append(run_storescp(root / "series", root / f"storescp{i}"))
-            wire, with_db = run_node(root / "series", root / f"node{i}")
-            node.append(wire)
-            node_db.append(with_db)
-        b, n, d = (statistics.median(x) for x in (base, node, node_db))
-        print(f"series: {args.slices} slices, {size / 1e6:.0f} MB; median of {args.runs} runs")
-        print(f"dcmtk storescp         {b:6.2f} s  {args.slices / b:6.0f} images/s")
+        write_study(make_study_spec(1, n_slices=args.slices), root / "series")
+        folders = copies(root / "series", args.senders, root)
+        images = args.slices * len(folders)
+        size = sum(p.stat().st_size for f in folders for p in f.rglob("*.dcm"))
+        times: dict[str, list[float]] = {"storescp": [], "bare": [], "node": [], "node+db": []}
+        runners: list[tuple[str, Callable[[Path], object]]] = [
+            ("storescp", lambda w: times["storescp"].append(run_storescp(folders, w))),
+            ("bare", lambda w: times["bare"].append(run_bare(folders, w))),
+            ("node", lambda w: [times[k].append(t) for k, t in zip(("node", "node+db"),
+                                                                   run_node(folders, w),
+                                                                   strict=True)]),
+        ]  # fmt: skip
+        for _ in range(args.runs):
+            for name, run in runners:
+                run(root / f"{name}-{generate_uid()}")
+        base = statistics.median(times["storescp"])
         print(
-            f"scpnode SCP (acked)    {n:6.2f} s  {args.slices / n:6.0f} images/s  ratio {n / b:.2f}"
+            f"{images} images ({args.senders} sender(s) x {args.slices} slices, "
+            f"{size / 1e6:.0f} MB); median of {args.runs} interleaved runs; "
+            f"fast path {args.fastpath}; {os.cpu_count()} CPUs"
         )
-        print(
-            f"scpnode SCP + DB rows  {d:6.2f} s  {args.slices / d:6.0f} images/s  ratio {d / b:.2f}"
-        )
+        labels = {
+            "storescp": "dcmtk storescp" + (" --fork" if args.senders > 1 else ""),
+            "bare": "pynetdicom, do-nothing handler",
+            "node": "scpnode SCP (acked)",
+            "node+db": "scpnode SCP + audit rows",
+        }
+        for key, label in labels.items():
+            t = statistics.median(times[key])
+            print(f"{label:32s} {t:6.2f} s  {images / t:6.0f} images/s  ratio {t / base:5.2f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,12 +39,17 @@ DROP_AUDIT_INTERVAL = timedelta(seconds=60)
 _STOP = object()
 
 
+def _is_marker(item: object) -> bool:
+    return item is _STOP or isinstance(item, threading.Event)
+
+
 class Recorder:
     """A queue plus one thread that applies records to the database in batches."""
 
-    def __init__(self, db: Database, batch_size: int = 200) -> None:
+    def __init__(self, db: Database, batch_size: int = 200, linger_s: float = 0.05) -> None:
         self.db = db
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._queue: queue.Queue[object] = queue.Queue()
         self._assoc_ids: dict[int, int] = {}
         self._drops: dict[str, tuple[datetime | None, int]] = {}
@@ -67,13 +74,7 @@ class Recorder:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            batch = [item]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
             records = [r for r in batch if r is not _STOP and not isinstance(r, threading.Event)]
             if records:
                 self._apply_batch(records)  # type: ignore[arg-type]
@@ -83,11 +84,30 @@ class Recorder:
             if any(r is _STOP for r in batch):
                 return
 
+    def _next_batch(self) -> list[object]:
+        """Block for one item, then gather what comes within `linger_s` (up to a batch).
+
+        While a scanner streams, one transaction per `linger_s` instead of one per instance:
+        the recorder then takes the GIL from the association threads a few times a second,
+        not at every C-STORE. A flush marker or a stop ends the gathering at once.
+        """
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.linger_s
+        while len(batch) < self.batch_size and not _is_marker(batch[-1]):
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=max(remaining, 0.0)))
+            except queue.Empty:
+                break
+        return batch
+
     def _apply_batch(self, records: list[Record]) -> None:
         try:
             with self.db.session() as session:
+                batch = InstanceBatch.prefetch(session, records)
                 for record in records:
-                    self.apply(session, record)
+                    self.apply(session, record, batch)
+                batch.finish(session)
         except Exception:
             log.exception("batch failed; applying records one by one")
             for record in records:
@@ -97,15 +117,15 @@ class Recorder:
                 except Exception:
                     log.exception("record lost to the database (reconciled at next start)")
 
-    def apply(self, session: Session, record: Record) -> None:
+    def apply(self, session: Session, record: Record, batch: InstanceBatch | None = None) -> None:
         if isinstance(record, AssociationOpened):
             self._opened(session, record)
         elif isinstance(record, AssociationClosed):
-            self._closed(session, record)
+            self._closed(session, record, batch)
         elif isinstance(record, AssociationRejected):
             _rejected(session, record)
         elif isinstance(record, InstanceReceived):
-            record_instance(session, record, self._assoc_ids.get(record.key))
+            record_instance(session, record, self._assoc_ids.get(record.key), batch)
         elif isinstance(record, InstanceRefused):
             _refused(session, record, self._assoc_ids.get(record.key))
         elif isinstance(record, ConnectionDropped):
@@ -144,10 +164,14 @@ class Recorder:
                 contexts=list(rec.rejected_contexts),
             )
 
-    def _closed(self, session: Session, rec: AssociationClosed) -> None:
+    def _closed(
+        self, session: Session, rec: AssociationClosed, batch: InstanceBatch | None
+    ) -> None:
         assoc_id = self._assoc_ids.pop(rec.key, None)
         if assoc_id is None:
             return
+        if batch is not None:
+            batch.count_into_associations(session)  # its totals go into the closing event
         row = session.get(AssociationRow, assoc_id)
         if row is None:
             return
@@ -244,26 +268,83 @@ def _refused(session: Session, rec: InstanceRefused, assoc_id: int | None) -> No
     )
 
 
-def record_instance(session: Session, rec: InstanceReceived, assoc_id: int | None) -> None:
+@dataclass
+class InstanceBatch:
+    """What one recorder batch looks up once instead of once per instance.
+
+    A 300-slice series arrives as batches of records for the same study: without this, each
+    instance cost a study query, an instance query, an association UPDATE and a flush
+    (about 2 ms of the SCP process's GIL per C-STORE, bench/ingest.py). Rows found or made
+    are kept for the rest of the batch; association counters are summed and written once.
+    """
+
+    studies: dict[str, StudyRow] = field(default_factory=dict)
+    instances: dict[str, InstanceRow | None] = field(default_factory=dict)
+    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # assoc id: (n, bytes)
+
+    @classmethod
+    def prefetch(cls, session: Session, records: list[Record]) -> InstanceBatch:
+        batch = cls()
+        received = [r.header for r in records if isinstance(r, InstanceReceived)]
+        if not received:
+            return batch
+        sop_uids = {h.sop_uid for h in received}
+        batch.instances = dict.fromkeys(sop_uids)
+        for row in session.scalars(
+            select(InstanceRow).where(InstanceRow.sop_instance_uid.in_(sop_uids))
+        ):
+            batch.instances[row.sop_instance_uid] = row
+        study_uids = {h.study_uid for h in received}
+        for study in session.scalars(
+            select(StudyRow).where(StudyRow.study_instance_uid.in_(study_uids))
+        ):
+            batch.studies[study.study_instance_uid] = study
+        return batch
+
+    def count(self, assoc_id: int, size: int) -> None:
+        n, total = self.counts.get(assoc_id, (0, 0))
+        self.counts[assoc_id] = (n + 1, total + size)
+
+    def count_into_associations(self, session: Session) -> None:
+        for assoc_id, (n, total) in self.counts.items():
+            session.execute(
+                update(AssociationRow)
+                .where(AssociationRow.id == assoc_id)
+                .values(instances=AssociationRow.instances + n, bytes=AssociationRow.bytes + total)
+            )
+        self.counts.clear()
+        session.flush()
+
+    def finish(self, session: Session) -> None:
+        self.count_into_associations(session)
+
+
+def record_instance(
+    session: Session,
+    rec: InstanceReceived,
+    assoc_id: int | None,
+    batch: InstanceBatch | None = None,
+) -> None:
     """Upsert the instance and move its study's state (new data reopens a finished study)."""
+    if batch is None:  # on its own (reconciliation): a batch of one
+        batch = InstanceBatch.prefetch(session, [rec])
+        record_instance(session, rec, assoc_id, batch)
+        batch.finish(session)
+        return
     header = rec.header
     is_own = header.is_own or _is_our_object(session, header.sop_class_uid, header.sop_uid)
-    study = _study_for(session, header.study_uid, rec, is_own)
-    row = session.scalar(select(InstanceRow).where(InstanceRow.sop_instance_uid == header.sop_uid))
+    study = _study_for(session, header.study_uid, rec, is_own, batch)
+    row = batch.instances.get(header.sop_uid)
     event: dict[str, Any] = dict(study_uid=header.study_uid, association_id=assoc_id, now=rec.at,
                  sop_instance_uid=header.sop_uid)  # fmt: skip
     if rec.kind != StoreKind.DUPLICATE and assoc_id is not None:
-        session.execute(
-            update(AssociationRow)
-            .where(AssociationRow.id == assoc_id)
-            .values(instances=AssociationRow.instances + 1, bytes=AssociationRow.bytes + rec.size)
-        )
+        batch.count(assoc_id, rec.size)
     if row is not None and rec.kind == StoreKind.DUPLICATE:
         audit.append(session, AuditKind.INSTANCE_DUPLICATE, **event)
         return
     if row is not None:
         audit.append(session, AuditKind.INSTANCE_REPLACED, kept_aside=rec.kept_aside, **event)
-    _upsert(session, row, rec, study, assoc_id, is_own)
+    batch.instances[header.sop_uid] = _upsert(session, row, rec, study, assoc_id, is_own)
     if is_own:
         audit.append(session, AuditKind.OWN_OBJECT_RECEIVED, **event)
     else:
@@ -271,7 +352,7 @@ def record_instance(session: Session, rec: InstanceReceived, assoc_id: int | Non
 
 
 def _upsert(session: Session, row: InstanceRow | None, rec: InstanceReceived, study: StudyRow,
-            assoc_id: int | None, is_own: bool) -> None:  # fmt: skip
+            assoc_id: int | None, is_own: bool) -> InstanceRow:  # fmt: skip
     if row is None:
         row = InstanceRow(sop_instance_uid=rec.header.sop_uid, versions=0)
         session.add(row)
@@ -282,6 +363,7 @@ def _upsert(session: Session, row: InstanceRow | None, rec: InstanceReceived, st
     row.versions = (row.versions or 0) + 1
     row.is_own, row.association_id, row.calling_aet = is_own, assoc_id, rec.calling_aet
     row.path, row.bytes, row.sha256, row.received_at = rec.path, rec.size, rec.sha256, rec.at
+    return row
 
 
 OUR_SOP_CLASSES = (
@@ -298,8 +380,10 @@ def _is_our_object(session: Session, sop_class_uid: str, sop_uid: str) -> bool:
     return session.scalar(select(SrRow.id).where(SrRow.sop_instance_uid == sop_uid)) is not None
 
 
-def _study_for(session: Session, study_uid: str, rec: InstanceReceived, is_own: bool) -> StudyRow:
-    study = session.scalar(select(StudyRow).where(StudyRow.study_instance_uid == study_uid))
+def _study_for(
+    session: Session, study_uid: str, rec: InstanceReceived, is_own: bool, batch: InstanceBatch
+) -> StudyRow:
+    study = batch.studies.get(study_uid)
     if study is None:
         state = StudyState.IGNORED if is_own else StudyState.RECEIVING
         study = StudyRow(
@@ -313,6 +397,7 @@ def _study_for(session: Session, study_uid: str, rec: InstanceReceived, is_own: 
         )
         session.add(study)
         session.flush()
+        batch.studies[study_uid] = study
     return study
 
 
@@ -328,4 +413,3 @@ def _touch_study(session: Session, study: StudyRow, at: datetime, assoc_id: int 
             previous_state=study.state,
         )
         study.state, study.state_changed_at, study.reason = StudyState.RECEIVING, at, None
-    session.flush()
