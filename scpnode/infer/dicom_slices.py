@@ -8,15 +8,18 @@ InstanceNumber, which scanners number in either direction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
+
+T = TypeVar("T")
 
 
 class SliceReadError(Exception):
@@ -76,7 +79,7 @@ def _decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
 
 
-def _read_one(path: Path | str) -> tuple[SliceHU, float | None, float]:
+def read_slice(path: Path | str) -> tuple[SliceHU, float | None, float]:
     """One file → (slice, geometric position or None, InstanceNumber)."""
     path = Path(path)
     try:
@@ -95,15 +98,24 @@ def _read_one(path: Path | str) -> tuple[SliceHU, float | None, float]:
     return item, position, number
 
 
-def read_slices_hu(paths: Iterable[Path | str]) -> list[SliceHU]:
-    """Read, decode and order slices along the slice normal (InstanceNumber as fallback).
+def order_along_normal(read: Sequence[tuple[T, float | None, float, str]]) -> list[tuple[T, float]]:
+    """(item, position or None, InstanceNumber, path) → items with their z, in anatomical order.
 
     Geometry is used only when every slice has it, so a series is never half-sorted by one
     key and half by another.
     """
-    read = [_read_one(p) for p in paths]
-    if all(position is not None for _, position, _ in read):
-        read.sort(key=lambda r: (r[1], r[2], str(r[0].path)))
-        return [item for item, _, _ in read]
-    read.sort(key=lambda r: (r[2], str(r[0].path)))
-    return [replace(item, z=number) for item, _, number in read]
+    if all(position is not None for _, position, _, _ in read):
+        ranked = sorted(read, key=lambda r: (r[1], r[2], r[3]))
+        return [(item, float(position)) for item, position, _, _ in ranked]  # type: ignore[arg-type]
+    ranked = sorted(read, key=lambda r: (r[2], r[3]))
+    return [(item, number) for item, _, number, _ in ranked]
+
+
+def read_slices_hu(paths: Iterable[Path | str]) -> list[SliceHU]:
+    """Read, decode and order slices along the slice normal (InstanceNumber as fallback).
+
+    Holds every slice in memory: for analysing a series the worker uses
+    `scpnode.infer.stream.score_series`, which keeps a few batches at a time.
+    """
+    read = [(s, position, number, str(s.path)) for s, position, number in map(read_slice, paths)]
+    return [replace(item, z=z) for item, z in order_along_normal(read)]

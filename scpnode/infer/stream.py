@@ -1,0 +1,102 @@
+"""Score a series batch by batch: decode ahead in a thread, never the whole study in memory.
+
+`read_slices_hu` + `predict` held every decoded slice of a series at once (a 1,000-slice CT
+is 1 GB of float32 HU) and left the model idle while files were read and decoded. Here a
+producer thread reads and decodes the next batches (file reads, the decoders and numpy
+release the GIL for much of that) while the model scores the current one; at most
+`prefetch` + 1 batches of pixels exist at a time, and only each slice's score (and, when
+asked, one per-slice measure such as the lung fraction of the lung gate) is kept. Slices
+are then put in anatomical order exactly as `read_slices_hu` orders them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scpnode.infer.dicom_slices import SliceHU, order_along_normal, read_slice
+from scpnode.infer.engine import LoadedModel, predict
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class ScoredSlice:
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    z: float
+    probability: float
+    measure: float | None = None  # e.g. the lung fraction, when a measure was asked for
+
+
+def score_series(
+    model: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    measure: Callable[[np.ndarray], float] | None = None,
+    prefetch: int = 2,
+) -> list[ScoredSlice]:
+    """Every slice's probability (and `measure` of its HU array), in anatomical order.
+
+    Raises `SliceReadError` for the first file that cannot become a slice, like
+    `read_slices_hu`; the producer thread is stopped and joined before returning.
+    """
+    batches: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    producer = threading.Thread(
+        target=_produce, args=(list(paths), batch_size, batches, stop), daemon=True,
+        name="slice-decoder",
+    )  # fmt: skip
+    producer.start()
+    scored: list[tuple[ScoredSlice, float | None, float, str]] = []
+    try:
+        while (item := batches.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            chunk: list[tuple[SliceHU, float | None, float]] = item  # type: ignore[assignment]
+            hu = [s.hu for s, _, _ in chunk]
+            probs = predict(model, hu, batch_size=batch_size)
+            for (s, position, number), p, array in zip(chunk, probs, hu, strict=True):
+                kept = ScoredSlice(
+                    s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p),
+                    None if measure is None else float(measure(array)),
+                )  # fmt: skip
+                scored.append((kept, position, number, str(s.path)))
+    finally:
+        stop.set()  # a producer still decoding or waiting on the full queue gives up
+        producer.join()
+    return [_with_z(s, z) for s, z in order_along_normal(scored)]
+
+
+def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:
+    return ScoredSlice(s.sop_instance_uid, s.sop_class_uid, s.path, z, s.probability, s.measure)
+
+
+def _produce(
+    paths: list[Path], batch_size: int, batches: queue.Queue[object], stop: threading.Event
+) -> None:
+    """Decode batches ahead of the model; hand over an exception instead of raising it."""
+    try:
+        for start in range(0, len(paths), batch_size):
+            if stop.is_set():
+                return
+            _offer([read_slice(p) for p in paths[start : start + batch_size]], batches, stop)
+        _offer(_DONE, batches, stop)
+    except BaseException as exc:  # re-raised in the consumer
+        _offer(exc, batches, stop)
+
+
+def _offer(item: object, batches: queue.Queue[object], stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            batches.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue

@@ -1,0 +1,74 @@
+"""Batch-by-batch scoring (scpnode/infer/stream.py) on real DICOM files and a real model:
+the same scores and order as reading the whole series, a bounded number of decoded slices
+alive at a time, and a broken file reported like `read_slices_hu` reports it."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scpnode.infer import stream
+from scpnode.infer.dicom_slices import SliceReadError, read_slice, read_slices_hu
+from scpnode.infer.engine import load_model, predict
+from tests.unit.test_dicom_slices import hu_image, write_ct
+from tests.unit.test_engine import weights  # noqa: F401 - the fixture
+
+
+def series(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"s{i}.dcm")
+        write_ct(paths[-1], hu_image(i), z=100.0 - 2.5 * i, number=i + 1)
+    random.Random(7).shuffle(paths)
+    return paths
+
+
+def test_same_scores_and_order_as_the_whole_series(tmp_path: Path, weights: Path) -> None:  # noqa: F811
+    model = load_model("ctnet10", weights, "cpu")
+    paths = series(tmp_path, 11)
+    whole = read_slices_hu(paths)
+    expected = predict(model, [s.hu for s in whole], batch_size=4)
+    got = stream.score_series(model, paths, batch_size=4, measure=lambda hu: float(hu.mean()))
+    assert [s.sop_instance_uid for s in got] == [s.sop_instance_uid for s in whole]
+    assert [s.z for s in got] == [s.z for s in whole]
+    np.testing.assert_allclose([s.probability for s in got], expected, rtol=1e-5, atol=1e-6)
+    assert [s.measure for s in got] == pytest.approx([float(s.hu.mean()) for s in whole])
+
+
+def test_at_most_a_few_batches_are_decoded_at_once(
+    tmp_path: Path,
+    weights: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = load_model("ctnet10", weights, "cpu")
+    paths = series(tmp_path, 24)
+    decoded, measured, most_ahead = [0], [0], [0]
+
+    def counting_read(path: Path):  # type: ignore[no-untyped-def]
+        decoded[0] += 1
+        most_ahead[0] = max(most_ahead[0], decoded[0] - measured[0])
+        return read_slice(path)
+
+    def measure(hu: np.ndarray) -> float:
+        measured[0] += 1
+        return 0.0
+
+    monkeypatch.setattr(stream, "read_slice", counting_read)
+    got = stream.score_series(model, paths, batch_size=3, measure=measure, prefetch=1)
+    assert len(got) == 24
+    # the batch being scored, one waiting in the queue, one being decoded: never the series
+    assert most_ahead[0] <= 3 * 3, f"{most_ahead[0]} slices decoded ahead of the model"
+
+
+def test_a_broken_file_raises_and_leaves_no_thread(tmp_path: Path, weights: Path) -> None:  # noqa: F811
+    model = load_model("ctnet10", weights, "cpu")
+    paths = series(tmp_path, 9)
+    (tmp_path / "s4.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(SliceReadError) as caught:
+        stream.score_series(model, sorted(paths), batch_size=2)
+    assert caught.value.path.name == "s4.dcm"
+    assert not [t for t in threading.enumerate() if t.name == "slice-decoder"]
