@@ -2,6 +2,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.peers import stop_started_serves
+
+
+@pytest.fixture(autouse=True)
+def _no_serve_left_running():  # type: ignore[no-untyped-def]
+    """A failing test must not leave `scpnode serve` (and its children) behind."""
+    yield
+    stop_started_serves()
+
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:

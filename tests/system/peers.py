@@ -49,6 +49,18 @@ def stop(proc: subprocess.Popen[Any], timeout_s: float = 30) -> int:
     return int(proc.returncode)
 
 
+STARTED: list[ServeProcess] = []  # stopped after each test, however it ended (conftest)
+
+
+def stop_started_serves() -> None:
+    """SIGTERM (then SIGKILL) every `serve` a test started and left running; its workers and
+    receiving processes follow it (PR_SET_PDEATHSIG)."""
+    while STARTED:
+        serve = STARTED.pop()
+        if serve.proc is not None and serve.proc.poll() is None:
+            stop(serve.proc, timeout_s=20)
+
+
 class Orthanc:
     """A throwaway Orthanc: its own storage, DICOM and HTTP ports, no authentication."""
 
@@ -118,6 +130,7 @@ class ServeProcess:
         self.log = config.parent / "serve.log"
 
     def start(self, timeout_s: float = 600) -> None:
+        STARTED.append(self)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scpnode", "serve", "--config", str(self.config)],
