@@ -81,7 +81,7 @@ def aggregate(
     slice_threshold: float = 0.5,
     votes: Sequence[bool] | None = None,
     calibrate: Callable[[float], float] | None = None,
-    calibration: str = "",
+    calibration: str | None = None,
 ) -> StudyResult:
     """Decide the study; the key slices are the most probable voting ones, best first.
 
