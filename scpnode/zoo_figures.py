@@ -48,6 +48,7 @@ def accuracy_bars(
     acc = np.asarray(accuracy)
     err = np.array([[a - lo for a, (lo, _) in zip(acc, intervals, strict=True)],
                     [hi - a for a, (_, hi) in zip(acc, intervals, strict=True)]])  # fmt: skip
+    err = np.clip(err, 0.0, None).reshape(2, len(acc))  # float noise at 0/n and n/n
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels)), 3.4), dpi=100)
     ax.bar(range(len(labels)), acc, yerr=err, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
