@@ -152,3 +152,17 @@ def test_dataset_errors_name_the_path_and_the_layout(tmp_path: Path) -> None:
 
 def test_unknown_model_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["models", "train", "--model", "alexnet", "--data", str(tmp_path)]) == 2
+
+
+def test_models_list_json_shows_the_six_and_the_trained_weights(
+    trained, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    _, weights = trained
+    monkeypatch.setenv("SCPNODE_CACHE_DIR", str(weights.parent))
+    assert main(["models", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == ["ctnet10", "vgg19", "vgg16", "densenet169", "resnet50", "inception_v3"]
+    assert rows["ctnet10"]["parameters"] == 6_918_625
+    assert rows["vgg16"]["input_size"] == [150, 150] and rows["vgg16"]["gpu_recommended"]
+    assert rows["ctnet10"]["weights"].startswith("trained t1 (png-8bit)")
+    assert rows["vgg19"]["weights"].startswith("none")
