@@ -18,6 +18,13 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def confusion_matrix(path: Path, tp: int, fp: int, tn: int, fn: int, title: str) -> Path:
     """A 2x2 matrix, true class in rows, predicted in columns, counts in the cells."""
     plt = _plt()
@@ -33,10 +40,7 @@ def confusion_matrix(path: Path, tp: int, fp: int, tn: int, fn: int, title: str)
         colour = "white" if v > cells.max() / 2 else "black"
         ax.text(c, r, str(v), ha="center", va="center", color=colour)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def accuracy_bars(
@@ -55,10 +59,7 @@ def accuracy_bars(
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95 % CI)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def roc_curves(
@@ -75,7 +76,4 @@ def roc_curves(
     ax.set_title(title, fontsize=9)
     if curves:
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
