@@ -2,8 +2,11 @@
 
 A card lives beside its weights as ``<weights>.card.json``. The node reads everything it needs
 to serve a model from it — preprocessing, decision threshold, aggregation, accepted slice
-thickness, intended use — and refuses weights whose SHA-256 differs from the card's, so a
-swapped or truncated file can never report under another model's name.
+thickness, study-score calibration, training domain, intended use — and refuses weights whose
+SHA-256 differs from the card's, so a swapped or truncated file can never report under another
+model's name. Fields added after the first cards (``gpu_recommended``, the aggregation's lung
+gate, ``calibration.study``) are optional with the old meaning as default, so every card
+written before still loads.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model_zoo.calibration import CalibrationError, Calibrator, calibrator_from_dict
+
 TRAINING_DOMAINS = ("dicom-hu", "png-8bit")
+CALIBRATION_METHODS = ("none", "platt", "isotonic")
 DEFAULT_INTENDED_USE = "research; not a medical device"
 
 
@@ -41,16 +47,33 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Aggregation:
-    """Slice probabilities → study probability (mean of the top fraction)."""
+    """The study aggregation the card's threshold was chosen with (see scpnode.aggregate)."""
 
     method: str = "mean_top_fraction"
     top_fraction: float = 0.1
+    lung_gate: bool = False  # cards before the gate: every slice voted
+    slice_threshold: float = 0.5  # what counts as a positive slice (fraction_positive)
 
 
 @dataclass(frozen=True)
 class Calibration:
+    """How study scores become probabilities.
+
+    ``method`` and ``ece`` describe the card's own aggregation; ``study`` holds one fitted
+    calibrator per aggregation strategy (key: ``scpnode.aggregate.strategy_key``), each a
+    :meth:`Calibrator.to_dict` plus its validation ECE before/after, so the node can calibrate
+    whichever strategy is configured; a strategy without one is reported uncalibrated.
+    """
+
     method: str = "none"
     ece: float | None = None
+    fitted_on: str = ""
+    study: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def calibrator(self, strategy: str) -> Calibrator | None:
+        """The calibrator fitted for ``strategy``, or None."""
+        raw = self.study.get(strategy)
+        return None if raw is None else calibrator_from_dict(raw, f"calibration.study.{strategy}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,7 @@ class ModelCard:
     created_by: str
     intended_use: str = DEFAULT_INTENDED_USE
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    gpu_recommended: bool = False  # minutes per study on a 2-core CPU
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -210,26 +234,53 @@ def _preprocessing(raw: Mapping[str, Any]) -> Preprocessing:
     return out
 
 
-def _small_sections(raw: Mapping[str, Any]) -> tuple[Aggregation, Calibration, TrainingData]:
-    a, c, t = (_section(raw, k) for k in ("aggregation", "calibration", "training_data"))
-    fraction = _num(_get(a, "top_fraction", "aggregation."), "aggregation.top_fraction")
+def _aggregation(raw: Mapping[str, Any]) -> Aggregation:
+    a, n = _section(raw, "aggregation"), "aggregation."
+    fraction = _num(_get(a, "top_fraction", n), n + "top_fraction")
     if not 0.0 < fraction <= 1.0:
         raise ModelCardError(f"field 'aggregation.top_fraction' must be in (0, 1], got {fraction}")
-    ece = _get(c, "ece", "calibration.", None)
+    slice_threshold = _num(_get(a, "slice_threshold", n, 0.5), n + "slice_threshold")
+    if not 0.0 <= slice_threshold <= 1.0:
+        raise ModelCardError(f"field '{n}slice_threshold' must be in [0, 1], got {slice_threshold}")
+    return Aggregation(
+        _str(_get(a, "method", n), n + "method"),
+        fraction,
+        _bool(_get(a, "lung_gate", n, False), n + "lung_gate"),
+        slice_threshold,
+    )
+
+
+def _calibration(raw: Mapping[str, Any]) -> Calibration:
+    c, n = _section(raw, "calibration"), "calibration."
+    method = _str(_get(c, "method", n), n + "method")
+    if method not in CALIBRATION_METHODS:
+        raise ModelCardError(f"field '{n}method' must be one of {CALIBRATION_METHODS}")
+    ece = _get(c, "ece", n, None)
+    study = _get(c, "study", n, {})
+    if not isinstance(study, Mapping) or not all(isinstance(v, Mapping) for v in study.values()):
+        raise ModelCardError(f"field '{n}study' must map strategies to objects, got {study!r}")
+    for key, value in study.items():
+        try:
+            calibrator_from_dict(value, f"{n}study.{key}")
+        except CalibrationError as exc:
+            raise ModelCardError(f"field '{n}study.{key}' is not a calibrator: {exc}") from None
+    return Calibration(
+        method,
+        None if ece is None else _num(ece, n + "ece"),
+        _str(_get(c, "fitted_on", n, ""), n + "fitted_on"),
+        {str(k): dict(v) for k, v in study.items()},
+    )
+
+
+def _training_data(raw: Mapping[str, Any]) -> TrainingData:
+    t = _section(raw, "training_data")
     seed = _get(t, "seed", "training_data.", None)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ModelCardError(f"field 'training_data.seed' must be an integer, got {seed!r}")
-    return (
-        Aggregation(_str(_get(a, "method", "aggregation."), "aggregation.method"), fraction),
-        Calibration(
-            _str(_get(c, "method", "calibration."), "calibration.method"),
-            None if ece is None else _num(ece, "calibration.ece"),
-        ),
-        TrainingData(
-            _str(_get(t, "description", "training_data."), "training_data.description"),
-            seed,
-            _str(_get(t, "split", "training_data.", ""), "training_data.split"),
-        ),
+    return TrainingData(
+        _str(_get(t, "description", "training_data."), "training_data.description"),
+        seed,
+        _str(_get(t, "split", "training_data.", ""), "training_data.split"),
     )
 
 
@@ -249,7 +300,6 @@ def card_from_dict(raw: Any) -> ModelCard:
     metrics = _get(raw, "metrics", "", {})
     if not isinstance(metrics, Mapping):
         raise ModelCardError(f"field 'metrics' must be an object, got {metrics!r}")
-    aggregation, calibration, training_data = _small_sections(raw)
     return ModelCard(
         name=_str(_get(raw, "name", ""), "name"),
         version=_str(_get(raw, "version", ""), "version"),
@@ -259,12 +309,13 @@ def card_from_dict(raw: Any) -> ModelCard:
         training_domain=domain,
         slice_thickness_mm=_nums(_get(raw, "slice_thickness_mm", ""), "slice_thickness_mm", 2),
         threshold=threshold,
-        aggregation=aggregation,
-        calibration=calibration,
-        training_data=training_data,
+        aggregation=_aggregation(raw),
+        calibration=_calibration(raw),
+        training_data=_training_data(raw),
         weights_sha256=sha,
         synthetic=_bool(_get(raw, "synthetic", ""), "synthetic"),
         created_by=_str(_get(raw, "created_by", ""), "created_by"),
         intended_use=_str(_get(raw, "intended_use", "", DEFAULT_INTENDED_USE), "intended_use"),
         metrics=dict(metrics),
+        gpu_recommended=_bool(_get(raw, "gpu_recommended", "", False), "gpu_recommended"),
     )

@@ -10,6 +10,11 @@ so a model never sees a slice prepared differently from the ones it learned on. 
 3. resize to the model's input size with antialiased bilinear interpolation (torch, CPU,
    deterministic);
 4. replicate to 3 channels and normalise with (mean, std).
+
+8-bit images that were already windowed (the COVID-CT PNGs, ``png-8bit`` models) enter after
+step 1 (:func:`image_to_input`); the body crop then works on the window's pseudo-HU, so both
+domains share steps 2-4 to the bit. :func:`lung_fraction` is the cheap HU-based lung-presence
+gate the study aggregation uses (slices above and below the lungs do not vote).
 """
 
 from __future__ import annotations
@@ -141,18 +146,143 @@ def hu_to_input(
     body_crop: bool = True,
 ) -> np.ndarray:
     """One HU slice ``[H, W]`` → network input ``float32 [3, h, w]`` (see the module docstring)."""
+    image = hu_to_image(
+        hu, input_size, window_center=window_center, window_width=window_width,
+        body_crop=body_crop,
+    )  # fmt: skip
+    return normalise(image, mean, std)
+
+
+def hu_to_image(
+    hu: np.ndarray,
+    input_size: tuple[int, int],
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    body_crop: bool = True,
+) -> np.ndarray:
+    """Steps 1-3: one HU slice → window fraction ``float32 [h, w]`` in [0, 1].
+
+    Training keeps this single channel (a third of the memory) and applies :func:`normalise`
+    per batch; serving applies both at once in :func:`hu_to_input`. Same functions, same bits.
+    """
     hu = np.asarray(hu)
     if hu.ndim != 2:
         raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
     img = lung_window(hu, window_center, window_width)
-    window = crop_window(hu, body_crop=body_crop)
+    return _crop_resize(img, crop_window(hu, body_crop=body_crop), input_size)
+
+
+def image_to_input(
+    image: np.ndarray,
+    input_size: tuple[int, int],
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    mean: Norm,
+    std: Norm,
+    body_crop: bool = False,
+) -> np.ndarray:
+    """An already-windowed 8-bit grey image ``uint8 [H, W]`` → ``float32 [3, h, w]``.
+
+    The image enters after the window step of :func:`hu_to_input` (value/255 is the window
+    fraction). The body crop, when asked for, runs on the pseudo-HU the window maps back to, so
+    a PNG made from a slice through the same window is cropped like that slice. Its HU are lost
+    (clipped, re-quantised, windowed by an unknown preset): the reason a ``png-8bit`` model is
+    not served on DICOM unless ``model.allow_domain_shift``.
+    """
+    image01 = gray8_to_image(
+        image, input_size, window_center=window_center, window_width=window_width,
+        body_crop=body_crop,
+    )  # fmt: skip
+    return normalise(image01, mean, std)
+
+
+def gray8_to_image(
+    image: np.ndarray,
+    input_size: tuple[int, int],
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    body_crop: bool = False,
+) -> np.ndarray:
+    """Steps 2-3 for an 8-bit windowed image: → window fraction ``float32 [h, w]``."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected one 2-D grey image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit image (uint8), got {image.dtype}")
+    img = image.astype(np.float32) / np.float32(255.0)
+    window = None
+    if body_crop:
+        low = window_center - window_width / 2.0
+        window = crop_window(low + img * np.float32(window_width), body_crop=True)
+    return _crop_resize(img, window, input_size)
+
+
+def _crop_resize(
+    img: np.ndarray, window: tuple[int, int, int] | None, input_size: tuple[int, int]
+) -> np.ndarray:
+    """Steps 2-3 on a window fraction image in [0, 1]."""
     if window is not None:
         img = _cut(img, window)
-    small = resize(img, (int(input_size[0]), int(input_size[1])))
-    out = (np.broadcast_to(small, (3, *small.shape)) - _channel_vector(mean, "mean")) / (
+    return resize(img, (int(input_size[0]), int(input_size[1])))
+
+
+def normalise(image: np.ndarray, mean: Norm, std: Norm) -> np.ndarray:
+    """Step 4: ``[..., h, w]`` window fractions → ``float32 [..., 3, h, w]``, grey replicated
+    to the three channels the networks take, then ``(x - mean) / std`` per channel."""
+    image = np.asarray(image, dtype=np.float32)
+    grey = np.expand_dims(image, axis=-3)
+    shape = (*image.shape[:-2], 3, *image.shape[-2:])
+    out = (np.broadcast_to(grey, shape) - _channel_vector(mean, "mean")) / (
         _channel_vector(std, "std")
     )
     return out.astype(np.float32, copy=False)
+
+
+# --- lung-presence gate ---------------------------------------------------------------------
+
+#: aerated lung after block averaging (the noise of a sharp kernel is averaged away, so air
+#: outside the body, ~-1000 HU, stays below the band and soft tissue above it)
+LUNG_BAND_HU = (-950.0, -400.0)
+#: the gate's default: a slice votes when aerated lung fills this much of the body's box
+#: (slices above the apex and below the bases measure 0.005-0.025 on the phantoms: trachea,
+#: partial volume; slices through the lungs 0.04-0.4)
+LUNG_MIN_FRACTION = 0.03
+_LUNG_GRID = 64
+
+
+def _enclosed(mask: np.ndarray) -> np.ndarray:
+    """Pixels with ``mask`` somewhere to their left, right, above and below (inside the body)."""
+    left = np.maximum.accumulate(mask, axis=1)
+    right = np.maximum.accumulate(mask[:, ::-1], axis=1)[:, ::-1]
+    up = np.maximum.accumulate(mask, axis=0)
+    down = np.maximum.accumulate(mask[::-1], axis=0)[::-1]
+    return left & right & up & down
+
+
+def lung_fraction(hu: np.ndarray) -> float:
+    """Fraction of the body's bounding box that is aerated lung inside the body (~1 ms).
+
+    The box is averaged down to a ~64-cell grid (noise), cells in :data:`LUNG_BAND_HU` count
+    when soft tissue surrounds them in all four directions, so the air around the body and the
+    partial-volume rim at the skin do not. Not a segmentation: a gate deciding which slices
+    may vote in the study aggregation.
+    """
+    hu = np.asarray(hu)
+    box = body_box(hu)
+    if box is None:
+        return 0.0
+    r0, r1, c0, c1 = box
+    crop = np.asarray(hu[r0:r1, c0:c1], dtype=np.float32)
+    f = max(1, min(crop.shape) // _LUNG_GRID)
+    h, w = crop.shape[0] // f * f, crop.shape[1] // f * f
+    if h == 0 or w == 0:
+        return 0.0
+    pooled = crop[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    lung = (pooled > LUNG_BAND_HU[0]) & (pooled < LUNG_BAND_HU[1])
+    return float((lung & _enclosed(pooled > BODY_THRESHOLD_HU)).mean())
 
 
 def hu_batch_to_input(

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_zoo.metrics import expected_calibration_error, roc_auc  # also imported from here
+
 Log = Callable[[str], None]
 
 
@@ -206,34 +208,6 @@ def save_weights(model: nn.Module, path: Path | str) -> None:
 
 
 # --- metrics ------------------------------------------------------------------------------
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); None with one class only."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), np.float64)
-    # average ranks over runs of equal scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """ECE over equal-width probability bins (weighted mean |accuracy - confidence|)."""
-    probs, labels = np.asarray(probs, np.float64), np.asarray(labels, np.float64)
-    which = np.minimum((probs * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(labels[sel].mean() - probs[sel].mean())
-    return float(ece)
 
 
 def evaluate(

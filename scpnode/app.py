@@ -62,6 +62,17 @@ def check_model_policy(settings: Settings, card: ModelCard | None) -> None:
             "patient data) and destinations are configured; set model.weights to real weights, "
             "or model.allow_synthetic = true for a test setup"
         )
+    if (
+        card is not None
+        and card.training_domain == "png-8bit"
+        and not settings.model.allow_domain_shift
+    ):
+        raise StartupError(
+            f"model.allow_domain_shift: {card.name}@{card.version} was trained on png-8bit "
+            "images (8-bit figure crops, HU lost) and this node analyses DICOM in HU; "
+            "such a model is not a model for HU data. Use dicom-hu weights, or set "
+            "model.allow_domain_shift = true to serve it anyway"
+        )
     if card is not None and card.architecture != settings.model.name:
         raise StartupError(
             f"model.name: {settings.model.name!r} does not match the weights' card "

@@ -108,16 +108,57 @@ def _register_models(sub: Adder) -> None:
     p = models.add_parser("list", help="architectures, input sizes, weights status")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_models_list)
-    p = models.add_parser("train", help="train weights (this release: --synthetic demo weights)")
+    p = models.add_parser("train", help="train a registry model on a dataset (or --synthetic)")
     p.add_argument(
         "--synthetic",
         action="store_true",
-        required=True,
-        help="CTnet-10 on synthetic phantoms, cached outside git",
+        help="the CTnet-10 demo weights from synthetic phantoms, cached outside git",
     )
+    p.add_argument("--model", help="registry name (scpnode models list)")
+    p.add_argument("--data", type=Path, help="COVID-CT, folder-per-class or `scpnode synth` folder")
+    p.add_argument("--out", type=Path, default=None, help="weights file (card written beside)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--force", action="store_true", help="--synthetic: retrain even if cached")
+    p.add_argument("--epochs", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("adam", "rmsprop"), default=None)
+    p.add_argument("--patience", type=_positive, default=5, help="early stopping (epochs)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--pretrained",
+        choices=("imagenet",),
+        default=None,
+        help="torchvision ImageNet weights from the local torch cache (no download)",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="resume from / save to (default: <out>.ckpt)"
+    )
+    p.add_argument("--split", choices=("official", "random"), default="official")
+    p.add_argument("--calibration", choices=("platt", "isotonic", "none"), default="platt")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--version", default="1", help="written into the card, the SR and the audit")
+    p.add_argument("--positive", default=None, help="folder-per-class: the COVID-19 folder")
     p.set_defaults(handler=cmd_models_train)
+    _register_evaluate(models)
+
+
+def _register_evaluate(models: Adder) -> None:
+    p = models.add_parser("evaluate", help="slice/study metrics with 95% CIs, figures, table")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for table, JSON, figures")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--weights", type=Path, nargs="+", help="weights files (cards beside)")
+    which.add_argument("--all", action="store_true", help="every model with weights")
+    p.add_argument("--weights-dir", type=Path, default=None, help="--all: where to look")
+    p.add_argument("--subset", choices=("test", "val", "train", "all"), default="test")
+    p.add_argument("--split", choices=("official", "random"), default="official")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--allow-domain-shift", action="store_true")
+    p.add_argument("--positive", default=None)
+    p.set_defaults(handler=cmd_models_evaluate)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -337,9 +378,43 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_train(args: argparse.Namespace) -> int:
-    from scpnode.models_cli import train_synthetic
+    from scpnode import models_cli
 
-    train_synthetic(seed=args.seed, force=args.force)
+    if args.synthetic == bool(args.model or args.data):
+        raise UsageError("models train: give either --synthetic or --model NAME --data DIR")
+    if args.synthetic:
+        models_cli.train_synthetic(seed=args.seed, force=args.force)
+        return EXIT_OK
+    if not (args.model and args.data):
+        raise UsageError("models train: --model and --data go together")
+    return _zoo_errors(lambda: models_cli.train(args))
+
+
+def cmd_models_evaluate(args: argparse.Namespace) -> int:
+    from scpnode import models_cli
+
+    def run() -> None:
+        for path in models_cli.evaluate(args):
+            print(path)
+
+    return _zoo_errors(run)
+
+
+def _zoo_errors(action: Callable[[], object]) -> int:
+    """Data, weights and domain problems are the user's to fix: a message, no traceback."""
+    from model_zoo.card import ModelCardError
+    from model_zoo.datasets import DatasetError
+    from model_zoo.paper_models import PretrainedWeightsMissing
+    from model_zoo.registry import UnknownModelError
+    from scpnode.zoo_eval import DomainShiftError
+
+    try:
+        action()
+    except UnknownModelError as exc:
+        raise UsageError(str(exc)) from None
+    except (DatasetError, PretrainedWeightsMissing, DomainShiftError, ModelCardError) as exc:
+        print(f"scpnode: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -159,8 +159,15 @@ class ModelSettings(_Section):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     indeterminate: tuple[float, float] | None = None  # [low, high]: reported Undetermined
     # additions
-    aggregation: Literal["mean_top_fraction", "max", "mean"] = "mean_top_fraction"
+    allow_domain_shift: bool = False  # serve a png-8bit-trained model on DICOM anyway
+    aggregation: Literal["mean_top_fraction", "max", "mean", "fraction_positive"] = (
+        "mean_top_fraction"
+    )
     top_fraction: float = Field(default=0.10, gt=0.0, le=1.0)
+    slice_threshold: float = Field(default=0.5, ge=0.0, le=1.0)  # fraction_positive
+    lung_gate: bool | None = None  # None: as the model card says
+    lung_min_fraction: float = Field(default=0.03, gt=0.0, lt=1.0)
+    calibration: Literal["card", "none"] = "card"
     batch_size: int = Field(default=32, ge=1, le=4096)
     key_slices: int = Field(default=5, ge=1, le=50)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_zoo.calibration import calibrator_from_dict
 from model_zoo.card import (
     Aggregation,
     Calibration,
@@ -24,7 +25,8 @@ from model_zoo.card import (
     save_card,
     sha256_file,
 )
-from model_zoo.preprocess import hu_to_input
+from model_zoo.metrics import choose_threshold
+from model_zoo.preprocess import hu_to_input, lung_fraction
 from model_zoo.registry import get_spec
 from model_zoo.train import (
     deterministic,
@@ -38,6 +40,7 @@ from scpnode import __version__, synth
 from scpnode.aggregate import aggregate
 from scpnode.demo_weights import ARCHITECTURE, INTENDED_USE, VERSION
 from scpnode.domain import Label, SliceScore
+from scpnode.zoo_study import Strategy, fit_calibrators, strategies, study_scores
 
 Log = Callable[[str], None]
 
@@ -49,7 +52,8 @@ SPLIT = (0.5, 0.25, 0.25)  # train / val / test, by study, stratified by study l
 EPOCHS, BATCH_SIZE, LR, LR_DECAY, PATIENCE = 5, 8, 1e-3, 0.7, 2
 NEG_PER_POS = 1.0  # negatives drawn per positive slice, afresh each epoch
 PREPROCESSING = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.3, 0.3, 0.3))
-AGGREGATION = Aggregation(method="mean_top_fraction", top_fraction=0.1)
+AGGREGATION = Aggregation(method="mean_top_fraction", top_fraction=0.1, lung_gate=True)
+CALIBRATION = "platt"  # study scores → probabilities, fitted on the validation studies
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class _Slices:
     y: np.ndarray  # slice label, 0/1
     study: np.ndarray  # study index per slice
     study_label: dict[int, int]  # study index → 1 for covid19
+    lung: np.ndarray  # lung-gate measure per slice (model_zoo.preprocess.lung_fraction)
 
     def inputs(self, studies: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Network inputs [n, 3, h, w] (a broadcast view, no copy), labels, study indices."""
@@ -71,8 +76,9 @@ class _Slices:
 def _collect(seed: int, log: Log) -> _Slices:
     """Generate phantoms and preprocess them exactly as serving will (``hu_to_input``)."""
     spec, pre = get_spec(ARCHITECTURE), PREPROCESSING
-    xs, ys, studies, study_label = [], [], [], {}
+    xs, ys, studies, study_label, lung = [], [], [], {}, []
     for hu, lesion, study, label in synth.training_slices(seed, N_STUDIES, N_SLICES, MATRIX):
+        lung.append(lung_fraction(hu))
         x = hu_to_input(
             hu,
             spec.input_size,
@@ -87,7 +93,8 @@ def _collect(seed: int, log: Log) -> _Slices:
         studies.append(study)
         study_label[study] = int(Label(label) == Label.COVID19)
     log(f"{len(xs)} synthetic slices from {len(study_label)} studies, {int(sum(ys))} positive")
-    return _Slices(np.stack(xs), np.asarray(ys, np.float32), np.asarray(studies), study_label)
+    return _Slices(np.stack(xs), np.asarray(ys, np.float32), np.asarray(studies), study_label,
+                   np.asarray(lung))  # fmt: skip
 
 
 def split_studies(
@@ -121,25 +128,6 @@ def study_probabilities(probs: np.ndarray, study: np.ndarray, studies: np.ndarra
     return np.asarray(out)
 
 
-def choose_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Threshold with the best balanced accuracy; the median of equally good candidates.
-
-    Candidates are midpoints between consecutive distinct probabilities, so with separable
-    classes the threshold lands in the middle of the gap, not on a study's score.
-    """
-    values = np.unique(np.concatenate([[0.0, 1.0], probs]))
-    candidates = (values[:-1] + values[1:]) / 2.0
-    labels = np.asarray(labels).astype(bool)
-
-    def balanced(t: float) -> float:
-        pred = probs >= t
-        return float((pred[labels].mean() + (~pred[~labels]).mean()) / 2.0)
-
-    scores = np.asarray([balanced(t) for t in candidates])
-    best = candidates[scores >= scores.max() - 1e-12]
-    return float(best[len(best) // 2])
-
-
 def _evaluate_studies(
     proba: Callable[[np.ndarray], np.ndarray], data: _Slices, studies: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -168,9 +156,11 @@ def train_demo_weights(out_path: Path | str, *, seed: int = 0, log: Log = print)
     def proba(x: np.ndarray) -> np.ndarray:
         return predict_proba(model, x, batch_size=64)
 
-    _, _, val_study, val_labels = _evaluate_studies(proba, data, val)
+    cal = _calibrate(proba, data, val)
+    val_study, val_labels = _calibrated_studies(proba, data, val, cal)
     threshold = choose_threshold(val_study, val_labels)
-    test_slice, test_y, test_study, test_labels = _evaluate_studies(proba, data, test)
+    test_slice, test_y, _, _ = _evaluate_studies(proba, data, test)
+    test_study, test_labels = _calibrated_studies(proba, data, test, cal)
     metrics = {
         "slice_test": evaluate(test_slice, test_y, 0.5),
         "study_val": evaluate(val_study, val_labels, threshold),
@@ -185,14 +175,52 @@ def train_demo_weights(out_path: Path | str, *, seed: int = 0, log: Log = print)
         },
     }
     save_weights(model, out_path)
-    card = _card(seed, threshold, expected_calibration_error(test_slice, test_y), metrics,
-                 sha256_file(out_path))  # fmt: skip
+    ece = expected_calibration_error(test_study, test_labels)
+    card = _card(seed, threshold, ece, metrics, sha256_file(out_path), study_calibration=cal)
     save_card(card, out_path)
     log(_summary(card))
     return card
 
 
-def _card(seed: int, threshold: float, ece: float, metrics: dict, sha: str) -> ModelCard:
+def _strategies_scores(
+    proba: Callable[[np.ndarray], np.ndarray], data: _Slices, studies: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Raw study scores of ``studies`` for every strategy the node offers, and the labels."""
+    x, _, study = data.inputs(studies)
+    probs = proba(x)
+    lung = data.lung[np.isin(data.study, studies)]
+    groups = [str(int(s)) for s in study]
+    order = [str(int(s)) for s in studies]
+    raw = {s.key: study_scores(probs, groups, lung, s, order) for s in strategies(True)}
+    return raw, np.asarray([data.study_label[int(s)] for s in studies])
+
+
+def _calibrate(
+    proba: Callable[[np.ndarray], np.ndarray], data: _Slices, val: np.ndarray
+) -> dict[str, dict[str, object]]:
+    """One Platt calibrator per strategy, fitted on the validation studies."""
+    raw, labels = _strategies_scores(proba, data, val)
+    return fit_calibrators(CALIBRATION, raw, labels)
+
+
+def _calibrated_studies(
+    proba: Callable[[np.ndarray], np.ndarray], data: _Slices, studies: np.ndarray,
+    cal: dict[str, dict[str, object]],
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Calibrated study probabilities of the card's own strategy, and the labels."""
+    raw, labels = _strategies_scores(proba, data, studies)
+    key = _own().key
+    scores = raw[key]
+    return (calibrator_from_dict(cal[key]).apply(scores) if key in cal else scores), labels
+
+
+def _own() -> Strategy:
+    a = AGGREGATION
+    return Strategy(a.method, a.top_fraction, a.slice_threshold, a.lung_gate)
+
+
+def _card(seed: int, threshold: float, ece: float, metrics: dict, sha: str,
+          study_calibration: dict | None = None) -> ModelCard:  # fmt: skip
     spec = get_spec(ARCHITECTURE)
     return ModelCard(
         name=ARCHITECTURE,
@@ -204,7 +232,12 @@ def _card(seed: int, threshold: float, ece: float, metrics: dict, sha: str) -> M
         slice_thickness_mm=(0.5, 5.0),
         threshold=round(threshold, 6),
         aggregation=AGGREGATION,
-        calibration=Calibration(method="none", ece=round(ece, 6)),
+        calibration=Calibration(
+            method=CALIBRATION if study_calibration else "none",
+            ece=round(ece, 6),
+            fitted_on="validation studies" if study_calibration else "",
+            study=study_calibration or {},
+        ),
         training_data=TrainingData(
             description=(
                 f"scpnode.synth.training_slices: {N_STUDIES} synthetic chest-CT phantom studies "
@@ -212,7 +245,10 @@ def _card(seed: int, threshold: float, ece: float, metrics: dict, sha: str) -> M
                 f"> {LESION_FRACTION_MIN}; no patient data"
             ),
             seed=seed,
-            split=f"by study, stratified, train/val/test = {SPLIT}; threshold chosen on val",
+            split=(
+                f"by study, stratified, train/val/test = {SPLIT}; calibration and threshold "
+                "chosen on val"
+            ),
         ),
         weights_sha256=sha,
         synthetic=True,

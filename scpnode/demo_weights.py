@@ -26,7 +26,7 @@ from model_zoo.card import ModelCard, ModelCardError, load_card, save_card, veri
 Log = Callable[[str], None]
 
 ARCHITECTURE = "ctnet10"
-VERSION = "synthetic-v2"  # bump when the recipe changes: the cache file name follows it
+VERSION = "synthetic-v3"  # bump when the recipe changes: the cache file name follows it
 INTENDED_USE = (
     "research; not a medical device - SYNTHETIC DEMO WEIGHTS, not trained on patient data"
 )

@@ -43,9 +43,10 @@ from scpnode.domain import (
 )
 from scpnode.extras import build_extras
 from scpnode.infer.dicom_slices import SliceHU, SliceReadError, read_slices_hu
-from scpnode.infer.engine import LoadedModel, predict
+from scpnode.infer.engine import LoadedModel, lung_fractions, predict
 from scpnode.outbox import next_instance_number, previous_report, register_sr
 from scpnode.queue import ClaimedJob, finish_job, settle_study
+from scpnode.study_rule import StudyRule, study_rule
 
 log = logging.getLogger(__name__)
 SR_SERIES_NUMBER = 9901
@@ -64,11 +65,13 @@ class PipelineContext:
     clock: Callable[[], datetime]
 
     @property
+    def rule(self) -> StudyRule:
+        return study_rule(self.settings.model, self.model.card)
+
+    @property
     def threshold(self) -> tuple[float, str]:
-        configured = self.settings.model.threshold
-        if configured is not None:
-            return configured, "config"
-        return self.model.card.threshold, "model card"
+        rule = self.rule
+        return rule.threshold, rule.threshold_source
 
 
 @dataclass(frozen=True)
@@ -172,14 +175,21 @@ def _analyse(
         SliceScore(s.sop_instance_uid, s.sop_class_uid, i, float(s.z), float(p))
         for i, (s, p) in enumerate(zip(slices, probs, strict=True))
     ]
-    threshold, _ = ctx.threshold
+    rule = ctx.rule
+    votes = None
+    if rule.lung_gate:
+        votes = [f >= rule.lung_min_fraction for f in lung_fractions([s.hu for s in slices])]
     result = aggregate(
         scores,
-        threshold=threshold,
-        method=ctx.settings.model.aggregation,
-        top_fraction=ctx.settings.model.top_fraction,
+        threshold=rule.threshold,
+        method=rule.method,
+        top_fraction=rule.top_fraction,
+        slice_threshold=rule.slice_threshold,
         indeterminate=ctx.settings.model.indeterminate,
         key_slices=ctx.settings.model.key_slices,
+        votes=votes,
+        calibrate=rule.calibrator,
+        calibration=None if rule.calibrator is None else rule.calibrator.method,
     )
     seconds = time.perf_counter() - started
     heat = _heat(ctx, slices, result) if ctx.settings.report.heatmaps else {}

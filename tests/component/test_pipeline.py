@@ -327,3 +327,32 @@ def test_a_warning_status_counts_as_delivered(make_rig: Any) -> None:
     row = rig.studies()[spec.study_instance_uid]
     assert row["status"] == "delivered"
     assert row["deliveries"][0]["last_status"] == "0xB000" and row["deliveries"][0]["attempts"] == 1
+
+
+def test_configured_strategy_lung_gate_and_card_calibration_decide(make_rig: Any) -> None:
+    """[model] aggregation = max with the lung gate, calibrated by the card's calibrator for
+    exactly that strategy: the result says so and its probability is the calibrated one."""
+    from dataclasses import replace
+
+    from model_zoo.card import Calibration
+    from scpnode.aggregate import strategy_key
+
+    rig = make_rig()
+    ctx = rig.worker.ctx
+    key = strategy_key("max", lung_gate=True)
+    calibration = Calibration("platt", None, "test", {key: {"method": "platt", "a": 0.5, "b": -1}})
+    card = replace(ctx.model.card, calibration=calibration)
+    model = ctx.settings.model.model_copy(update={"aggregation": "max", "lung_gate": True})
+    rig.worker.ctx = replace(ctx, settings=ctx.settings.model_copy(update={"model": model}),
+                             model=replace(ctx.model, card=card))  # fmt: skip
+    spec = make_study_spec(23, covid=True, n_slices=SLICES)
+    assert rig.send(list(iter_study_datasets(spec))) == [0] * SLICES
+    rig.complete_and_process()
+    (result,) = rig.show(spec.study_instance_uid)["results"]
+    assert "maximum slice probability" in result["aggregation"]
+    assert "lung-bearing slices" in result["aggregation"]
+    assert "calibrated (platt) from raw score" in result["aggregation"]
+    raw = float(result["aggregation"].split("from raw score ")[1].split()[0].rstrip(";"))
+    assert raw <= max(s["probability"] for s in result["slices"]) + 1e-4
+    assert result["probability"] == pytest.approx(card.calibration.calibrator(key)(raw), abs=1e-3)
+    assert result["threshold_source"] == "calibrated probability (0.5)"
