@@ -61,10 +61,24 @@ def _get(url: str) -> tuple[int, str]:
 
 def _add_user(serve: ServeProcess, name: str, role: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "scpnode", "users", "add", name, "--role", role,
-         "--password-stdin", "--config", str(serve.config)],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scpnode",
+            "users",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "--config",
+            str(serve.config),
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -159,14 +173,18 @@ def browser(console: Console) -> Iterator[Any]:
         "--disable-sync",
         "--hide-scrollbars",
     ):
-        options.add_argument(arg)  # fmt: skip
+        options.add_argument(arg)
     options.add_experimental_option(
         "prefs",
-        {"download.default_directory": str(console.downloads),
-         "download.prompt_for_download": False, "safebrowsing.enabled": False},
-    )  # fmt: skip
+        {
+            "download.default_directory": str(console.downloads),
+            "download.prompt_for_download": False,
+            "safebrowsing.enabled": False,
+        },
+    )
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_page_load_timeout(WAIT_S)
+    driver.implicitly_wait(5)  # find_element retries this long while a page loads
     driver.execute_cdp_cmd(
         "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(console.downloads)}
     )
@@ -283,8 +301,8 @@ def test_the_viewer_is_refused_a_retry_and_the_admin_retries_it(
     _sign_in(browser, console, "viewer", "/deliveries?status=failed")
     button = browser.find_element(By.CSS_SELECTOR, "button.retry")
     button.click()
-    WebDriverWait(browser, WAIT_S).until(lambda d: "needs the admin role" in d.page_source)
-    assert "Forbidden" in browser.title
+    WebDriverWait(browser, WAIT_S).until(lambda d: d.title.startswith("Forbidden"))
+    assert "viewer is a viewer; this action needs the admin role" in browser.page_source
     _shot(browser, console, "06-refused-as-viewer")
     logged = [e["message"] for e in browser.get_log("browser")]  # read and cleared
     assert logged and all("403" in m for m in logged), logged
@@ -308,16 +326,35 @@ def test_the_viewer_is_refused_a_retry_and_the_admin_retries_it(
     )
 
 
-def test_every_other_page_renders_in_the_browser(console: Console, browser: Any) -> None:
+def test_every_other_page_renders_and_the_admin_verifies_the_chain(
+    console: Console, browser: Any
+) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     _sign_in(browser, console, "admin")
     for n, (path, heading) in enumerate(
-        [("/associations", "Associations"), ("/deliveries", "Deliveries"), ("/audit", "Audit"),
-         ("/models", "Models"), ("/", "Dashboard")], start=8,
-    ):  # fmt: skip
+        [
+            ("/associations", "Associations"),
+            ("/deliveries", "Deliveries"),
+            ("/audit", "Audit"),
+            ("/models", "Models"),
+            ("/", "Dashboard"),
+        ],
+        start=8,
+    ):
         browser.get(console.base + path)
         assert browser.find_element(By.TAG_NAME, "h1").text.startswith(heading), path
         _shot(browser, console, f"{n:02d}-{heading.lower()}")
+    browser.get(f"{console.base}/audit")
+    browser.find_element(By.ID, "verify").click()
+
+    def verified(driver: Any) -> bool:
+        driver.get(f"{console.base}/audit")
+        return "Hash chain intact" in driver.find_element(By.ID, "chain-status").text
+
+    WebDriverWait(browser, WAIT_S, poll_frequency=1).until(verified)
+    assert "by web:admin" in browser.find_element(By.ID, "chain-status").text
+    _shot(browser, console, "13-audit-verified")
     errors = [e["message"] for e in browser.get_log("browser")]
     assert errors == []  # no console errors (CSP violations and missing files show there)
