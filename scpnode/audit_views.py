@@ -395,14 +395,16 @@ def list_events(session: Session, study_uid: str | None = None) -> list[dict[str
                 ),
             )
         )
-    return [
-        {
-            "seq": e.seq,
-            "ts": iso(e.ts),
-            "kind": e.kind,
-            "study_instance_uid": e.study_instance_uid,
-            "association_id": e.association_id,
-            "detail": json.loads(e.detail),
-        }
-        for e in session.scalars(query)
-    ]
+    return [event_row(e) for e in session.scalars(query)]
+
+
+def event_row(e: AuditEventRow) -> dict[str, Any]:
+    """One audit event as the CLI's JSON and the console show it."""
+    return {
+        "seq": e.seq,
+        "ts": iso(e.ts),
+        "kind": e.kind,
+        "study_instance_uid": e.study_instance_uid,
+        "association_id": e.association_id,
+        "detail": json.loads(e.detail),
+    }

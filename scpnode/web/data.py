@@ -112,26 +112,24 @@ def _check_filters(request: Request) -> None:
         raise HTTPException(400, "; ".join(errors))
 
 
-def export_csv(request: Request) -> Response:
+def _export(request: Request, chunks: Any, media_type: str, filename: str) -> Response:
+    """The filtered, sorted set as a streamed attachment (viewers may export)."""
     console = _console(request)
     console.data_user(request)
     _check_filters(request)
     return StreamingResponse(
-        _csv_lines(_rows(console, request)),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": 'attachment; filename="studies.csv"'},
+        chunks(_rows(console, request)),
+        media_type=media_type,
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def export_csv(request: Request) -> Response:
+    return _export(request, _csv_lines, "text/csv; charset=utf-8", "studies.csv")
 
 
 def export_json(request: Request) -> Response:
-    console = _console(request)
-    console.data_user(request)
-    _check_filters(request)
-    return StreamingResponse(
-        _json_chunks(_rows(console, request)),
-        media_type="application/json",
-        headers={"content-disposition": 'attachment; filename="studies.json"'},
-    )
+    return _export(request, _json_chunks, "application/json", "studies.json")
 
 
 def download_sr(request: Request) -> Response:

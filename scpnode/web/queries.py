@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scpnode.audit_views import iso
+from scpnode.audit_views import event_row, iso
 from scpnode.db.models import (
     REPORT_KINDS,
     AssociationRow,
@@ -175,18 +175,7 @@ def list_recent_events(
     query = select(AuditEventRow).order_by(AuditEventRow.seq.desc()).offset(offset).limit(limit)
     if kind:
         query = query.where(AuditEventRow.kind == kind)
-    return [
-        {
-            "seq": e.seq,
-            "ts": iso(e.ts),
-            "kind": e.kind,
-            "study_instance_uid": e.study_instance_uid,
-            "association_id": e.association_id,
-            "detail": json.loads(e.detail),
-            "hash": e.hash,
-        }
-        for e in session.scalars(query)
-    ]
+    return [{**event_row(e), "hash": e.hash} for e in session.scalars(query)]
 
 
 def chain_head(session: Session) -> tuple[int, str | None]:
