@@ -8,6 +8,7 @@ slice scores for every 100th study, SRs, deliveries with attempts, a valid hash-
 log of six events per study), spread over 60 days and 20 scanners. A page should answer in
 well under a second on 100,000 studies: every query is indexed or bounded by a page. Prints
 the median of `--runs` requests (the first, cold one included in the runs) per line.
+`/readyz` answers 503 here on purpose: the benchmark has no model weights, and says so.
 """
 
 from __future__ import annotations
