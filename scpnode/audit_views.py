@@ -1,18 +1,22 @@
-"""Read models of the audit database for `scpnode audit` (and later the web console).
+"""Read models of the audit database for `scpnode audit` and the web console.
 
 One query per kind of fact, grouped by study, so listing many studies stays a handful of
-queries. The JSON shape is the contract of DESIGN §4.
+queries. The JSON shape is the contract of DESIGN §4. The study filters (`StudyFilter`) are
+shared by `audit studies` and the console's Studies page, so both answer the same question
+the same way; pages and exports select study IDs with indexed queries, then fill in the
+facts of one page (or one export batch) at a time.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from scpnode.db.models import (
@@ -32,11 +36,117 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+LABEL_NONE = "none"  # filter value: studies without a label (not analysed, undetermined, open)
+SORT_KEYS = ("received", "changed", "calling_aet", "status", "label", "probability")
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    """What the Studies page and `audit studies` filter on; None/empty means "any".
+
+    `since` is inclusive and `until` exclusive (see `parse_bound` for whole days); the calling
+    AE is the one that sent the study's first instance (`calling_aet` in the JSON); `label`
+    is a label or `LABEL_NONE`; the probability bounds are inclusive and leave out studies
+    without a probability.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    calling_aet: str | None = None
+    statuses: tuple[str, ...] = ()
+    label: str | None = None
+    min_p: float | None = None
+    max_p: float | None = None
+
+    @property
+    def needs_result(self) -> bool:
+        return self.label is not None or self.min_p is not None or self.max_p is not None
+
+
+def parse_bound(text: str, *, end: bool = False) -> datetime:
+    """An ISO 8601 instant (UTC when it has no offset), or a date: its start, or with `end`
+    the start of the next day, so `--until 2026-03-31` includes all of March 31st."""
+    text = text.strip()
+    if len(text) == 10:
+        day = date.fromisoformat(text)
+        start = datetime.combine(day, time(), tzinfo=UTC)
+        return start + timedelta(days=1) if end else start
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _filtered(query: Select[Any], f: StudyFilter) -> Select[Any]:
+    if f.needs_result:
+        query = query.join(ResultRow, ResultRow.id == StudyRow.current_result_id, isouter=True)
+    conditions = []
+    if f.since is not None:
+        conditions.append(StudyRow.first_received_at >= f.since)
+    if f.until is not None:
+        conditions.append(StudyRow.first_received_at < f.until)
+    if f.calling_aet:
+        conditions.append(StudyRow.first_calling_aet == f.calling_aet)
+    if f.statuses:
+        conditions.append(StudyRow.state.in_(f.statuses))
+    if f.label == LABEL_NONE:
+        conditions.append(ResultRow.label.is_(None))
+    elif f.label is not None:
+        conditions.append(ResultRow.label == f.label)
+    if f.min_p is not None:
+        conditions.append(ResultRow.probability >= f.min_p)
+    if f.max_p is not None:
+        conditions.append(ResultRow.probability <= f.max_p)
+    return query.where(*conditions)
+
+
+def count_studies(session: Session, f: StudyFilter) -> int:
+    return int(session.scalar(_filtered(select(func.count(StudyRow.id)), f)) or 0)
+
+
+def select_study_ids(
+    session: Session, f: StudyFilter, *, sort: str = "received", descending: bool = False,
+    offset: int = 0, limit: int | None = None,
+) -> list[int]:  # fmt: skip
+    """IDs of the matching studies in display order (ties broken by ID, so pages are stable)."""
+    query = _filtered(select(StudyRow.id), f)
+    if sort in ("label", "probability") and not f.needs_result:
+        query = query.join(ResultRow, ResultRow.id == StudyRow.current_result_id, isouter=True)
+    column = {
+        "received": StudyRow.first_received_at, "changed": StudyRow.state_changed_at,
+        "calling_aet": StudyRow.first_calling_aet, "status": StudyRow.state,
+        "label": ResultRow.label, "probability": ResultRow.probability,
+    }[sort]  # fmt: skip
+    order = (column.desc(), StudyRow.id.desc()) if descending else (column, StudyRow.id)
+    query = query.order_by(*order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def studies_by_id(session: Session, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The JSON rows of these studies, in the order given."""
+    found = {s.id: s for s in session.scalars(select(StudyRow).where(StudyRow.id.in_(ids)))}
+    return study_rows(session, [found[i] for i in ids if i in found])
+
+
+def iter_studies(
+    session: Session, f: StudyFilter, *, sort: str = "received", descending: bool = False,
+    batch: int = 500,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Every matching study, a batch at a time (exports and the CLI on 100,000 studies)."""
+    ids = select_study_ids(session, f, sort=sort, descending=descending)
+    for start in range(0, len(ids), batch):
+        yield from studies_by_id(session, ids[start : start + batch])
+
+
 def list_studies(session: Session, study_uids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     query = select(StudyRow).order_by(StudyRow.first_received_at, StudyRow.id)
     if study_uids is not None:
         query = query.where(StudyRow.study_instance_uid.in_(study_uids))
-    studies = list(session.scalars(query))
+    return study_rows(session, list(session.scalars(query)))
+
+
+def study_rows(session: Session, studies: list[StudyRow]) -> list[dict[str, Any]]:
+    """The DESIGN §4 row of each study: a handful of grouped queries, whatever the count."""
     ids = [s.id for s in studies]
     counts = _instance_counts(session, ids)
     aets = _calling_aets(session, ids)
@@ -234,6 +344,7 @@ def _sr(session: Session, sr: SrRow) -> dict[str, Any]:
         )
         deliveries.append(
             {
+                "id": d.id,
                 "destination": d.destination,
                 "status": d.state,
                 "attempts": d.attempts,
@@ -284,14 +395,16 @@ def list_events(session: Session, study_uid: str | None = None) -> list[dict[str
                 ),
             )
         )
-    return [
-        {
-            "seq": e.seq,
-            "ts": iso(e.ts),
-            "kind": e.kind,
-            "study_instance_uid": e.study_instance_uid,
-            "association_id": e.association_id,
-            "detail": json.loads(e.detail),
-        }
-        for e in session.scalars(query)
-    ]
+    return [event_row(e) for e in session.scalars(query)]
+
+
+def event_row(e: AuditEventRow) -> dict[str, Any]:
+    """One audit event as the CLI's JSON and the console show it."""
+    return {
+        "seq": e.seq,
+        "ts": iso(e.ts),
+        "kind": e.kind,
+        "study_instance_uid": e.study_instance_uid,
+        "association_id": e.association_id,
+        "detail": json.loads(e.detail),
+    }

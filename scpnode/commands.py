@@ -32,6 +32,9 @@ def register(sub: Adder, with_config: WithConfig) -> None:
     _register_audit(sub, with_config)
     _register_models(sub)
     _register_deliveries(sub, with_config)
+    from scpnode import console_cli
+
+    console_cli.register(sub, with_config)
     p = with_config(sub.add_parser("echo", help="C-ECHO a configured destination"))
     p.add_argument("--destination", default=None)
     p.set_defaults(handler=cmd_echo)
@@ -68,6 +71,7 @@ def _register_audit(sub: Adder, with_config: WithConfig) -> None:
     )
     p = with_config(audit.add_parser("studies", help="one row per study"))
     p.add_argument("--json", action="store_true")
+    _study_filters(p)
     p.set_defaults(handler=cmd_audit_studies)
     p = with_config(audit.add_parser("show", help="one study in full"))
     p.add_argument("study_uid", metavar="STUDY_UID")
@@ -84,6 +88,45 @@ def _register_audit(sub: Adder, with_config: WithConfig) -> None:
     with_config(audit.add_parser("verify", help="check the audit hash chain")).set_defaults(
         handler=cmd_audit_verify
     )
+    from scpnode import console_cli
+
+    p = with_config(audit.add_parser("associations", help="incoming associations, newest first"))
+    p.add_argument("--calling-aet", metavar="AET", default=None)
+    p.add_argument("--outcome", default=None, choices=console_cli.association_outcomes())
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many rows (50)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=console_cli.cmd_audit_associations)
+
+
+def _study_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of the console's Studies page (`audit_views.StudyFilter`)."""
+    p.add_argument("--since", metavar="DATE|ISO8601", help="first instance at or after")
+    p.add_argument("--until", metavar="DATE|ISO8601", help="before (a date: through that day)")
+    p.add_argument("--calling-aet", metavar="AET", help="AE title that sent the first instance")
+    p.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        metavar="STATUS",
+        choices=[s.value for s in _study_states()],
+        help="repeat for several",
+    )
+    p.add_argument("--label", choices=["covid19", "non_covid19", "none"])
+    p.add_argument("--min-p", type=_fraction, metavar="P")
+    p.add_argument("--max-p", type=_fraction, metavar="P")
+    p.add_argument(
+        "--sort",
+        default="received",
+        choices=["received", "changed", "calling_aet", "status", "label", "probability"],
+    )
+    p.add_argument("--desc", action="store_true", help="newest (highest) first")
+    p.add_argument("--limit", type=_positive, default=None, help="at most this many rows")
+
+
+def _study_states() -> Any:
+    from scpnode.domain import StudyState
+
+    return StudyState
 
 
 def _register_deliveries(sub: Adder, with_config: WithConfig) -> None:
@@ -265,10 +308,22 @@ def _session(args: argparse.Namespace) -> Any:
 
 
 def cmd_audit_studies(args: argparse.Namespace) -> int:
-    from scpnode.audit_views import list_studies
+    from itertools import islice
 
+    from scpnode.audit_views import StudyFilter, iter_studies, parse_bound
+
+    try:
+        found = StudyFilter(
+            since=parse_bound(args.since) if args.since else None,
+            until=parse_bound(args.until, end=True) if args.until else None,
+            calling_aet=args.calling_aet, statuses=tuple(args.status), label=args.label,
+            min_p=args.min_p, max_p=args.max_p,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(f"audit studies: --since/--until: {exc}") from None
     with _session(args) as session:
-        rows = list_studies(session)
+        rows = list(islice(iter_studies(session, found, sort=args.sort, descending=args.desc),
+                           args.limit))  # fmt: skip
     if args.json:
         print_json(rows)
         return EXIT_OK

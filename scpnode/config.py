@@ -243,6 +243,24 @@ class WebSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8080
+    # additions
+    cookie_secure: bool = True  # browsers keep Secure cookies over HTTPS (and on loopback)
+    session_idle_min: float = Field(default=30.0, gt=0)  # signed out after this long idle
+    session_max_h: float = Field(default=12.0, gt=0)  # and this long after signing in
+    page_size: int = Field(default=50, ge=10, le=500)  # table rows per page
+    tls_cert: Path | None = None  # PEM: serve HTTPS (with tls_key); none: plain HTTP
+    tls_key: Path | None = None
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return _empty_path_is_none(value)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class Settings(_Section):
@@ -376,7 +394,7 @@ def _resolve_paths(settings: Settings, base: Path, source: Path | None) -> Setti
 
 
 def _resolve_tls_paths(settings: Settings, resolve: Callable[[Path], Path]) -> dict[str, Any]:
-    """Certificates, keys and CA bundles of ``[node.tls]`` and of each destination."""
+    """Certificates, keys and CA bundles of ``[node.tls]``, of each destination and ``[web]``."""
 
     def paths(section: NodeTls | Destination) -> dict[str, Path | None]:
         found: dict[str, Path | None] = {k: getattr(section, k) for k in ("cert", "key", "ca")}
@@ -386,7 +404,12 @@ def _resolve_tls_paths(settings: Settings, resolve: Callable[[Path], Path]) -> d
         update={"tls": settings.node.tls.model_copy(update=paths(settings.node.tls))}
     )
     destinations = tuple(d.model_copy(update=paths(d)) for d in settings.destinations)
-    return {"node": node, "destinations": destinations}
+    web = settings.web.model_copy(
+        update={k: None if v is None else resolve(v)
+                for k, v in (("tls_cert", settings.web.tls_cert),
+                             ("tls_key", settings.web.tls_key))}
+    )  # fmt: skip
+    return {"node": node, "destinations": destinations, "web": web}
 
 
 def _resolve_sqlite(url: str, base: Path) -> str:

@@ -266,10 +266,15 @@ def requeue(session: Session, ids: list[int] | None, now: datetime, max_age_h: f
     return done
 
 
-def list_deliveries(session: Session, state: str | None = None) -> list[dict[str, Any]]:
+def list_deliveries(session: Session, state: str | None = None, *, newest_first: bool = False,
+                    offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Deliveries with their study and object; `limit`/`offset` page them (the web console)."""
     query = select(DeliveryRow, StudyRow.study_instance_uid, SrRow.sop_instance_uid, SrRow.kind)
     query = query.join(StudyRow, StudyRow.id == DeliveryRow.study_id)
-    query = query.join(SrRow, SrRow.id == DeliveryRow.sr_id).order_by(DeliveryRow.id)
+    order = DeliveryRow.id.desc() if newest_first else DeliveryRow.id
+    query = query.join(SrRow, SrRow.id == DeliveryRow.sr_id).order_by(order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
     if state is not None:
         query = query.where(DeliveryRow.state == state)
     return [

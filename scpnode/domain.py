@@ -112,6 +112,7 @@ class AuditKind(StrEnum):
     USER_LOGIN_FAILED = "user_login_failed"
     USER_LOGOUT = "user_logout"
     CHAIN_VERIFIED = "chain_verified"
+    SR_DOWNLOADED = "sr_downloaded"
 
 
 @dataclass(frozen=True)

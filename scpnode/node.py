@@ -50,11 +50,13 @@ def _stop_with_parent() -> None:
 
 
 class WorkerPool:
-    """`scpnode worker` subprocesses, restarted when they die, stopped by PID."""
+    """`scpnode worker` subprocesses (or another subcommand: `web`, the console), restarted
+    when they die, stopped by PID."""
 
-    def __init__(self, count: int, config: Path | None) -> None:
+    def __init__(self, count: int, config: Path | None, subcommand: str = "worker") -> None:
         self.count = count
-        self.command = [sys.executable, "-m", "scpnode", "worker"]
+        self.name = subcommand
+        self.command = [sys.executable, "-m", "scpnode", subcommand]
         if config is not None:
             self.command += ["--config", str(config)]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -67,7 +69,7 @@ class WorkerPool:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(self.command, preexec_fn=_stop_with_parent)
-        log.info("worker started", extra={"pid": proc.pid})
+        log.info(f"{self.name} started", extra={"pid": proc.pid})
         return proc
 
     def _watch(self) -> None:
@@ -78,7 +80,7 @@ class WorkerPool:
                 if code is None or self._stopping.is_set():
                     continue
                 log.error(
-                    "worker exited; restarting",
+                    f"{self.name} exited; restarting",
                     extra={"pid": proc.pid, "code": code, "delay_s": backoff},
                 )
                 if self._stopping.wait(backoff):
@@ -117,6 +119,8 @@ class Node:
         self.scp = ReceiveServer(settings.node, self.spool, self.recorder.submit)
         self.scheduler = Scheduler(self.db, settings, self.spool, utcnow)
         self.workers = WorkerPool(settings.worker.processes, settings.source)
+        # the console in its own process: its pages and exports never share the SCP's GIL
+        self.console = WorkerPool(int(settings.web.enabled), settings.source, "web")
         self.port: int | None = None
         self._started = False
 
@@ -149,6 +153,7 @@ class Node:
         self.port = self.scp.start(port=port)
         self.scheduler.start()
         self.workers.start()
+        self.console.start()
         with self.db.session() as session:
             audit.append(
                 session,
@@ -169,6 +174,7 @@ class Node:
         self.scp.stop()
         self.recorder.stop()
         self.scheduler.stop()
+        self.console.stop(timeout_s=15.0)
         self.workers.stop()
         with self.db.session() as session:
             audit.append(session, AuditKind.NODE_STOPPED, pid=os.getpid())

@@ -51,3 +51,17 @@ def _meaning(seq: object) -> str:
     code = seq[0]  # type: ignore[index]
     value, scheme = code.get("CodeValue", ""), code.get("CodingSchemeDesignator", "")
     return f"{code.get('CodeMeaning', '')} ({value}, {scheme})"
+
+
+def referenced_images(ds: Dataset) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items (the key slices an SR references), in order."""
+    found: list[str] = []
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "IMAGE" and item.get("ReferencedSOPSequence"):
+                found.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.get("ContentSequence", []))
+    return found

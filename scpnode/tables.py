@@ -1,8 +1,9 @@
-"""Plain-text tables for the CLI: readable in a terminal and in a ticket, no extra dependency."""
+"""Tables for the CLI (rich): readable in a terminal and in a ticket."""
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,13 +27,21 @@ def cell(value: Any) -> str:
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    cells = [[cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [
-        max([len(title)] + [len(r[i]) for r in cells]) for i, (_, title) in enumerate(columns)
-    ]
-    print("  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)).rstrip())
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    """A rich table: aligned, bold headings on a terminal, wrapped to its width there; piped
+    into a file or a ticket it keeps every cell on one line (nothing folded mid-UID). Cells are
+    plain `Text`, so a scanner's "[bold]" in an AE title is printed, not interpreted."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Console(width=None if sys.stdout.isatty() else 100_000, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for _, title in columns:
+        table.add_column(title, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(cell(row.get(key))) for key, _ in columns))
+    out.print(table)
     if not rows:
         print("(none)")
 
