@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from scpnode import audit
 from scpnode.db import Database
 from scpnode.db.models import AssociationRow, InstanceRow, SrRow, StudyRow
+from scpnode.db.session import writer_lock
 from scpnode.domain import AssociationOutcome, AuditKind, StudyState
+from scpnode.owners import process_owner
 from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
@@ -86,6 +88,7 @@ class Recorder:
     def _apply_batch(self, records: list[Record]) -> None:
         try:
             with self.db.session() as session:
+                writer_lock(session)  # another SCP node may create the same study meanwhile
                 for record in records:
                     self.apply(session, record)
         except Exception:
@@ -93,6 +96,7 @@ class Recorder:
             for record in records:
                 try:
                     with self.db.session() as session:
+                        writer_lock(session)
                         self.apply(session, record)
                 except Exception:
                     log.exception("record lost to the database (reconciled at next start)")
@@ -196,7 +200,7 @@ def _association_row(
     row = AssociationRow(
         calling_aet=rec.calling_aet, called_aet=rec.called_aet, peer_host=rec.peer_host,
         peer_port=rec.peer_port, started_at=rec.at, outcome=outcome, instances=0, failures=0,
-        bytes=0,
+        bytes=0, scp_owner=process_owner(),
     )  # fmt: skip
     session.add(row)
     session.flush()
