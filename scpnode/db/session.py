@@ -67,8 +67,12 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         with self.engine.begin() as connection:
-            if self.is_postgres:  # nodes and workers starting together: one migrates at a time
+            # processes starting together migrate one at a time; the others then find the
+            # schema current (SQLite: the write lock, and the DDL inside that transaction)
+            if self.is_postgres:
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK_KEY})")
+            elif self.is_sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
