@@ -167,6 +167,13 @@ def test_dockerfile_runs_a_real_command_as_an_unprivileged_user() -> None:
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     assert ("USER", "scpnode") in instructions
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    for kind, value in instructions:  # what COPY needs is not excluded from the context
+        if kind == "COPY":
+            for source in value.split()[:-1]:
+                kept = [rule[1:] for rule in ignore if rule.startswith("!")]
+                assert any(source == k or f"{source}/".startswith(k.removesuffix("**"))
+                           for k in kept), source  # fmt: skip
     copied = next(v for k, v in instructions if k == "COPY" and v.endswith(IN_IMAGE))
     load_settings(ROOT / copied.split()[0], env=clean_env())
 
