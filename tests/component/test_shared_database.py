@@ -26,11 +26,15 @@ from sqlalchemy import inspect, select
 from scpnode import audit
 from scpnode.clock import utcnow
 from scpnode.db import Database
-from scpnode.db.models import AssociationRow, AuditEventRow, Base, JobRow, StudyRow
+from scpnode.db.models import AssociationRow, AuditEventRow, Base, InstanceRow, JobRow, StudyRow
 from scpnode.domain import AuditKind, JobState, StudyState
+from scpnode.headers import summarise
+from scpnode.ingest import record_instance
 from scpnode.queue import claim, finish_job, sweep_completions
+from scpnode.receive.records import InstanceReceived
 from scpnode.reconcile import reconcile
-from scpnode.spool import Spool
+from scpnode.spool import Spool, StoreKind
+from tests.conftest import ct_small
 
 THREADS = 6
 
@@ -206,4 +210,29 @@ def test_restart_closes_only_its_own_dead_associations(db_url: str, tmp_path: Pa
             for o, s in session.execute(select(AssociationRow.scp_owner, AssociationRow.outcome))
         }
     assert outcome == {"other-node:4242": "open", f"{socket.gethostname()}:{dead.pid}": "aborted"}
+    db.dispose()
+
+
+def test_a_header_with_nul_characters_is_recorded(db_url: str, tmp_path: Path) -> None:
+    """PostgreSQL text cannot hold NUL: a broken header must not keep the instance out."""
+    ds = ct_small()
+    ds.StudyDescription = "CHEST\x00\x00"
+    ds.SeriesDescription = "AX\x00LUNG"
+    db = Database(db_url)
+    db.upgrade()
+    rec = InstanceReceived(
+        key=0,
+        calling_aet="CT01",
+        header=summarise(ds),
+        kind=StoreKind.STORED,
+        path=str(tmp_path / "x.dcm"),
+        sha256="0" * 64,
+        size=1,
+        at=utcnow(),
+    )
+    with db.session() as session:
+        record_instance(session, rec, None)
+    with db.session() as session:
+        row = session.scalars(select(InstanceRow)).one()
+    assert (row.study_description, row.series_description) == ("CHEST", "AXLUNG")
     db.dispose()
