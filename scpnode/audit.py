@@ -1,8 +1,9 @@
 """Append-only, hash-chained audit events: the admin's record of what happened and why.
 
 Every event is written in the caller's transaction, so an event exists exactly when the change
-it describes does. The chain head row is updated first: on SQLite that takes the write lock,
-on PostgreSQL a row lock, so appends from several processes never fork the chain.
+it describes does. Appends are serialised across processes and nodes: on SQLite by its single
+write lock, on PostgreSQL by the writer advisory lock (`pg_advisory_xact_lock`, taken before the
+head row is read), so the chain never forks and `seq` order is commit order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from scpnode.clock import utcnow
 from scpnode.db.models import AuditEventRow, ChainHeadRow
+from scpnode.db.session import writer_lock
 from scpnode.domain import AuditKind
 
 GENESIS = "0" * 64
@@ -51,6 +53,7 @@ def append(
 
 
 def _advance_head(session: Session) -> tuple[int, str]:
+    writer_lock(session)  # also covers the very first append, when no head row exists yet
     result = session.execute(
         update(ChainHeadRow)
         .where(ChainHeadRow.id == 1)
@@ -90,12 +93,12 @@ class ChainCheck:
 
 def verify_chain(session: Session, batch: int = 5000) -> ChainCheck:
     """Recompute every hash in order; report the first event that does not fit."""
-    prev, expected_seq, count, last_id = GENESIS, 1, 0, 0
+    prev, expected_seq, count, last_seq = GENESIS, 1, 0, 0
     while True:
-        rows = session.scalars(
+        rows = session.scalars(  # chain order is seq (ids may interleave on PostgreSQL)
             select(AuditEventRow)
-            .where(AuditEventRow.id > last_id)
-            .order_by(AuditEventRow.id)
+            .where(AuditEventRow.seq > last_seq)
+            .order_by(AuditEventRow.seq)
             .limit(batch)
         ).all()
         if not rows:
@@ -104,7 +107,7 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainCheck:
             problem = _check_row(row, prev, expected_seq)
             if problem:
                 return ChainCheck(False, count, row.seq, problem)
-            prev, expected_seq, count, last_id = row.hash, row.seq + 1, count + 1, row.id
+            prev, expected_seq, count, last_seq = row.hash, row.seq + 1, count + 1, row.seq
     head = session.get(ChainHeadRow, 1)
     if head is not None and (head.head_hash != prev or head.seq != expected_seq - 1):
         return ChainCheck(False, count, expected_seq, "events after the last one were removed")

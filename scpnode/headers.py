@@ -101,9 +101,15 @@ def is_own_object(ds: Dataset) -> bool:
     return False
 
 
+def _clean(text: str) -> str:
+    """Stripped, without NUL characters: PostgreSQL text cannot hold them (a hostile or broken
+    header would otherwise keep its instance out of the database)."""
+    return text.replace("\x00", "").strip()
+
+
 def _text(ds: Dataset | None, keyword: str) -> str:
     value = ds.get(keyword) if ds is not None else None
-    return "" if value is None else str(value).strip()
+    return "" if value is None else _clean(str(value))
 
 
 def _multi(ds: Dataset, keyword: str) -> str:
@@ -111,11 +117,11 @@ def _multi(ds: Dataset, keyword: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str | bytes):
-        return str(value).strip()
+        return _clean(str(value))
     try:
-        return "\\".join(str(v).strip() for v in value)
+        return "\\".join(_clean(str(v)) for v in value)
     except TypeError:
-        return str(value).strip()
+        return _clean(str(value))
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:

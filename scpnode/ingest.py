@@ -22,7 +22,9 @@ from sqlalchemy.orm import Session
 from scpnode import audit
 from scpnode.db import Database
 from scpnode.db.models import AssociationRow, InstanceRow, SrRow, StudyRow
+from scpnode.db.session import writer_lock
 from scpnode.domain import AssociationOutcome, AuditKind, StudyState
+from scpnode.owners import process_owner
 from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
@@ -104,7 +106,8 @@ class Recorder:
     def _apply_batch(self, records: list[Record]) -> None:
         try:
             with self.db.session() as session:
-                batch = InstanceBatch.prefetch(session, records)
+                writer_lock(session)  # another SCP node may create the same study meanwhile
+                batch = InstanceBatch.prefetch(session, records)  # so read after the lock
                 for record in records:
                     self.apply(session, record, batch)
                 batch.finish(session)
@@ -113,6 +116,7 @@ class Recorder:
             for record in records:
                 try:
                     with self.db.session() as session:
+                        writer_lock(session)
                         self.apply(session, record)
                 except Exception:
                     log.exception("record lost to the database (reconciled at next start)")
@@ -220,7 +224,7 @@ def _association_row(
     row = AssociationRow(
         calling_aet=rec.calling_aet, called_aet=rec.called_aet, peer_host=rec.peer_host,
         peer_port=rec.peer_port, started_at=rec.at, outcome=outcome, instances=0, failures=0,
-        bytes=0,
+        bytes=0, scp_owner=process_owner(),
     )  # fmt: skip
     session.add(row)
     session.flush()

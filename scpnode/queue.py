@@ -126,8 +126,12 @@ def claim(db: Database, owner: str, lease_s: float, now: datetime) -> ClaimedJob
     )
     for _ in range(10):
         with db.session() as session:
-            job = session.scalars(
-                select(JobRow).where(claimable).order_by(JobRow.id).limit(1)
+            job = session.scalars(  # SKIP LOCKED: PostgreSQL; SQLite has one writer anyway
+                select(JobRow)
+                .where(claimable)
+                .order_by(JobRow.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if job is None:
                 return None

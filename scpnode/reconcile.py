@@ -19,6 +19,7 @@ from scpnode.db.models import AssociationRow, InstanceRow, StudyRow
 from scpnode.domain import AssociationOutcome, AuditKind
 from scpnode.headers import UnreadableDataset, read_header
 from scpnode.ingest import record_instance
+from scpnode.owners import is_dead_local_owner, process_owner
 from scpnode.receive.records import InstanceReceived
 from scpnode.spool import Spool, StoreKind, file_sha256
 
@@ -29,9 +30,12 @@ def reconcile(db: Database, spool: Spool) -> int:
     """Put spool files without an instance row back into the database; close stale associations."""
     now = utcnow()
     with db.session() as session:
-        stale = session.scalars(
+        open_rows = session.scalars(
             select(AssociationRow).where(AssociationRow.outcome == AssociationOutcome.OPEN)
         ).all()
+        # only associations of SCP processes on this host that died: another node sharing
+        # the database may be receiving on its own open associations right now
+        stale = [r for r in open_rows if _left_by_a_dead_process(r.scp_owner)]
         for row in stale:
             row.outcome, row.ended_at = AssociationOutcome.ABORTED, now
             audit.append(
@@ -45,6 +49,12 @@ def reconcile(db: Database, spool: Spool) -> int:
     for study_dir in _study_dirs(spool):
         added += _reconcile_study(db, study_dir)
     return added
+
+
+def _left_by_a_dead_process(owner: str | None) -> bool:
+    """No owner (older rows), our own "host:pid" (a container restarted with the same PID),
+    or a process of this host that no longer exists."""
+    return owner is None or owner == process_owner() or is_dead_local_owner(owner)
 
 
 def _study_dirs(spool: Spool) -> list[Path]:

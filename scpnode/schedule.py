@@ -87,10 +87,11 @@ class Scheduler:
             return []
 
     def clean_incoming(self) -> int:
-        """Drop partial receptions left by associations that died mid-transfer."""
+        """Drop partial receptions left by associations that died mid-transfer (any node's:
+        an hour-old partial file belongs to no live association)."""
         cutoff = time.time() - STALE_INCOMING_S
         removed = 0
-        for path in self.spool.incoming.glob("*"):
+        for path in self.spool.incoming_root.glob("*/*"):
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()

@@ -3,6 +3,10 @@
 Acknowledged means stored (DESIGN §7): bytes land in ``.incoming`` on the same filesystem and
 are renamed into place before the peer hears 0x0000, so a crash never leaves a half file
 under a real name. UIDs are checked against the DICOM grammar before they touch a path.
+
+Several SCP nodes may share one spool (scale-out): each process receives into its own
+``.incoming/<host>:<pid>`` folder, so a node starting up drops only the partial files of its own
+dead predecessors, never those another node is writing right now.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from scpnode.clock import utcnow
+from scpnode.owners import is_dead_local_owner, process_owner
 from scpnode.uids import is_valid_uid
 
 INCOMING = ".incoming"
@@ -48,17 +53,28 @@ class Spool:
         self.root = root
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.fsync = fsync
-        self.incoming = root / INCOMING
+        self.incoming_root = root / INCOMING
+        self.incoming = self.incoming_root / process_owner()
         self.replaced = root / REPLACED
 
     def prepare(self) -> int:
-        """Create the layout and drop leftovers of interrupted receptions (never acknowledged)."""
+        """Create the layout and drop leftovers of interrupted receptions (never acknowledged):
+        ours, and those of processes of this host that died; other nodes' are left alone."""
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.replaced.mkdir(parents=True, exist_ok=True)
-        stale = list(self.incoming.iterdir())
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
+        dropped = 0
+        for entry in self.incoming_root.iterdir():
+            if entry.is_file():  # a single-node layout's loose partial file
+                entry.unlink(missing_ok=True)
+                dropped += 1
+            elif entry == self.incoming or is_dead_local_owner(entry.name):
+                stale = [p for p in entry.iterdir() if p.is_file()]
+                for path in stale:
+                    path.unlink(missing_ok=True)
+                dropped += len(stale)
+                if entry != self.incoming:
+                    shutil.rmtree(entry, ignore_errors=True)
+        return dropped
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)

@@ -85,3 +85,27 @@ def make_scp(tmp_path: Path) -> Iterator[Any]:
     for scp in started:
         scp.finish()
     tempfile.tempdir = saved_tempdir
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session. Skipped where PostgreSQL is not
+    installed, except in CI (`CI=true`), where the PostgreSQL tests must run: it fails."""
+    from tests.pgserver import PgServer, PgUnavailable
+
+    server = PgServer()
+    try:
+        server.start()
+    except PgUnavailable as exc:
+        server.stop()
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: PostgreSQL could not be started: {exc}")
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return str(pg_server.create_database())

@@ -63,6 +63,9 @@ class AssociationRow(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     detail: Mapped[str | None] = mapped_column(Text)
+    # "host:pid" of the SCP process: a restarted node closes only its own dead associations,
+    # never those another node sharing the database still has open
+    scp_owner: Mapped[str | None] = mapped_column(String(128))
 
 
 class StudyRow(Base):

@@ -1,7 +1,11 @@
 """Engine and sessions: one `Database` per process, built by the CLI and passed down.
 
 SQLite runs in WAL mode with a generous busy timeout: the SCP process, the scheduler and the
-worker process write to the same file. Each session is one short transaction.
+worker processes write to the same file, one writer at a time. PostgreSQL (scale-out: several
+nodes and workers on one database) gets the same discipline from `writer_lock`: every writing
+transaction takes one advisory lock at its first write, so the audit hash chain never forks
+and no two writers can deadlock on each other's row locks. Each session is one short
+transaction.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock keys (any 64-bit numbers, fixed forever): "scpn" + purpose
+WRITER_LOCK_KEY = 0x7363706E_0001
+UPGRADE_LOCK_KEY = 0x7363706E_0002
+_LOCKED = "scpnode_writer_locked"
 
 
 def rowcount(result: Any) -> int:
@@ -32,10 +40,16 @@ class Database:
         self.url = url
         self.engine = _make_engine(url)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        if self.is_postgres:
+            _serialise_writers(self._factory)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -53,11 +67,48 @@ class Database:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         with self.engine.begin() as connection:
+            # processes starting together migrate one at a time; the others then find the
+            # schema current (SQLite: the write lock, and the DDL inside that transaction)
+            if self.is_postgres:
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK_KEY})")
+            elif self.is_sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def writer_lock(session: Session) -> None:
+    """Take this transaction's writer lock now (PostgreSQL; SQLite locks at the first write).
+
+    Called before reads whose result decides a write, so that the read sees the last commit.
+    """
+    if session.get_bind().dialect.name == "postgresql" and not session.info.get(_LOCKED):
+        connection = session.connection()  # begins the transaction (and resets the flag)
+        session.info[_LOCKED] = True
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})")
+
+
+def _serialise_writers(factory: sessionmaker[Session]) -> None:
+    """Every writing transaction takes the writer lock before its first row lock: INSERT,
+    UPDATE, DELETE, SELECT ... FOR UPDATE, or a flush with pending changes."""
+
+    @event.listens_for(factory, "after_begin")
+    def _reset(session: Session, _tx: SessionTransaction, _conn: Connection) -> None:
+        session.info[_LOCKED] = False
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _on_execute(state: ORMExecuteState) -> None:
+        locking = state.is_select and getattr(state.statement, "_for_update_arg", None) is not None
+        if state.is_insert or state.is_update or state.is_delete or locking:
+            writer_lock(state.session)
+
+    @event.listens_for(factory, "before_flush")
+    def _on_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+        if session.new or session.dirty or session.deleted:
+            writer_lock(session)
 
 
 def _make_engine(url: str) -> Engine:

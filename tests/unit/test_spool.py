@@ -1,4 +1,7 @@
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,19 @@ def test_bad_uids_never_touch_the_filesystem(spool: Spool, bad: str) -> None:
 def test_prepare_drops_unacknowledged_partials(spool: Spool) -> None:
     (spool.incoming / "partial.part").write_bytes(b"half")
     assert spool.prepare() == 1 and list(spool.incoming.iterdir()) == []
+
+
+def test_prepare_leaves_other_nodes_partials_alone(spool: Spool) -> None:
+    """A shared spool: another host's node is receiving; a dead local process left a file."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(30)
+    other = spool.incoming_root / "other-node:4242"
+    gone = spool.incoming_root / f"{socket.gethostname()}:{dead.pid}"
+    for folder in (other, gone):
+        folder.mkdir()
+        (folder / "partial.part").write_bytes(b"half")
+    assert spool.prepare() == 1
+    assert (other / "partial.part").exists() and not gone.exists()
 
 
 def test_free_space_guard(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
+        sa.Column("scp_owner", sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("associations", schema=None) as batch_op:
