@@ -22,6 +22,13 @@ def register(sub: Adder, with_config: WithConfig) -> None:
     p = with_config(sub.add_parser("worker", help="workers and delivery only (scale-out)"))
     p.add_argument("--burst", action="store_true", help="drain queued work, then exit")
     p.set_defaults(handler=cmd_worker)
+    p = with_config(
+        sub.add_parser(
+            "receive", help="one more receiving process on serve's port (serve starts these)"
+        )
+    )
+    p.add_argument("--port", type=int, required=True, help="the port serve is listening on")
+    p.set_defaults(handler=cmd_receive)
     p = sub.add_parser("demo", help="self-contained run on synthetic studies")
     p.add_argument("--studies", type=int, default=2)
     p.add_argument("--slices", type=int, default=48)
@@ -240,6 +247,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from scpnode.node import Node
 
     return Node(settings_from(args)).run_until_signal()
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from scpnode.node import run_receiver
+
+    return run_receiver(settings_from(args), args.port)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

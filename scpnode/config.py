@@ -76,6 +76,9 @@ class NodeSettings(_Section):
     # additions
     device_uid: str = ""  # empty: derived from the AE title (stable per node)
     max_pdu: int = Field(default=262144, ge=0)  # 0: unlimited
+    # processes that accept associations on the one port (SO_REUSEPORT; Linux spreads
+    # connections among them): one GIL each, for many concurrent senders
+    receive_processes: int = Field(default=1, ge=1, le=32)
     network_timeout_s: float = Field(default=60.0, gt=0)
     require_called_aet: bool = False  # true: a called AE title other than ae_title: (1, 1, 7)
     calling_aet_hosts: dict[AeTitle, tuple[str, ...]] = {}  # AE title -> IP addresses/networks

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from scpnode import audit
@@ -50,15 +51,18 @@ def _stop_with_parent() -> None:
 
 
 class WorkerPool:
-    """`scpnode worker` subprocesses (or another subcommand: `web`, the console), restarted
-    when they die, stopped by PID."""
+    """`scpnode worker` subprocesses (or another subcommand: `web`, the console; `receive`,
+    extra receiving processes), restarted when they die, stopped by PID."""
 
-    def __init__(self, count: int, config: Path | None, subcommand: str = "worker") -> None:
+    def __init__(
+        self, count: int, config: Path | None, subcommand: str = "worker", args: Sequence[str] = ()
+    ) -> None:
         self.count = count
         self.name = subcommand
         self.command = [sys.executable, "-m", "scpnode", subcommand]
         if config is not None:
             self.command += ["--config", str(config)]
+        self.command += list(args)
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
@@ -121,6 +125,7 @@ class Node:
         self.workers = WorkerPool(settings.worker.processes, settings.source)
         # the console in its own process: its pages and exports never share the SCP's GIL
         self.console = WorkerPool(int(settings.web.enabled), settings.source, "web")
+        self.receivers: WorkerPool | None = None  # node.receive_processes - 1, once bound
         self.port: int | None = None
         self._started = False
 
@@ -151,6 +156,7 @@ class Node:
         self._started = True
         self.recorder.start()
         self.port = self.scp.start(port=port)
+        self._start_receivers(self.port)
         self.scheduler.start()
         self.workers.start()
         self.console.start()
@@ -165,12 +171,24 @@ class Node:
             )
         return self.port
 
+    def _start_receivers(self, port: int) -> None:
+        """`node.receive_processes` - 1 `scpnode receive` children on our (shared) port."""
+        extra = self.settings.node.receive_processes - 1
+        if extra <= 0:
+            return
+        if self.settings.source is None:
+            raise ValueError("node.receive_processes > 1 needs a configuration file")
+        self.receivers = WorkerPool(extra, self.settings.source, "receive", ["--port", str(port)])
+        self.receivers.start()
+
     def stop(self) -> None:
         """Stop accepting, finish in-flight stores, record them, stop timers and workers."""
         if not self._started:
             self.db.dispose()
             return
         self._started = False
+        if self.receivers is not None:
+            self.receivers.stop(timeout_s=45.0)  # each drains its associations, like ours
         self.scp.stop()
         self.recorder.stop()
         self.scheduler.stop()
@@ -199,3 +217,31 @@ class Node:
         log.info("stopping: no new associations; finishing in-flight stores")
         self.stop()
         return 0
+
+
+def run_receiver(settings: Settings, port: int) -> int:
+    """`scpnode receive`: one more receiving process on `serve`'s port (SO_REUSEPORT).
+
+    Its own SCP and recorder (one GIL each); completion, timers and workers stay with
+    `serve`, which starts, restarts and stops these processes.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    spool = Spool(
+        settings.storage.spool_dir,
+        min_free_mb=settings.storage.min_free_mb,
+        fsync=settings.storage.fsync,
+    )
+    db = open_database(settings)
+    recorder = Recorder(db)
+    scp = ReceiveServer(settings.node, spool, recorder.submit)
+    recorder.start()
+    bound = scp.start(port=port)
+    log.info("receiving process listening", extra={"port": bound, "pid": os.getpid()})
+    while not stop.wait(1.0):
+        pass
+    scp.stop()
+    recorder.stop()
+    db.dispose()
+    return 0

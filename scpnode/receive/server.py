@@ -9,12 +9,14 @@ settings, so only the SCP process (or a test that owns the process) calls `start
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import time
 from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.transport import ThreadedAssociationServer
 
 from scpnode.config import NodeSettings
 from scpnode.dicomnet import identify
@@ -27,8 +29,29 @@ from scpnode.tls import server_context
 log = logging.getLogger(__name__)
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's server with SO_REUSEPORT set before bind: several processes listen on
+    one port and the kernel spreads incoming connections among them."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _SharedPortAE(AE):
+    """An AE whose non-blocking server shares its port (`node.receive_processes` > 1)."""
+
+    def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_class"] = _SharedPortServer
+        return super().make_server(address, *args, **kwargs)
+
+
 class ReceiveServer:
-    """Start, report the bound port, stop gracefully (finish in-flight associations)."""
+    """Start, report the bound port, stop gracefully (finish in-flight associations).
+
+    With `node.receive_processes` > 1 the port is bound with SO_REUSEPORT: `serve` runs one
+    such server itself and the others as `scpnode receive` processes on the same port.
+    """
 
     def __init__(self, node: NodeSettings, spool: Spool, sink: Sink) -> None:
         self.node = node
@@ -49,7 +72,8 @@ class ReceiveServer:
         self._server: Any = None
 
     def _make_ae(self) -> AE:
-        ae = identify(AE(ae_title=self.node.ae_title))
+        shared = self.node.receive_processes > 1
+        ae = identify((_SharedPortAE if shared else AE)(ae_title=self.node.ae_title))
         ae.maximum_associations = self.node.max_associations
         ae.maximum_pdu_size = self.node.max_pdu
         ae.network_timeout = self.node.network_timeout_s
