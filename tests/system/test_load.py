@@ -3,6 +3,7 @@ the node; zero lost instances, every study reported, the node's memory stays bou
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import threading
 import time
@@ -58,6 +59,8 @@ def test_eight_scanners_at_once(tmp_path: Path, demo_weights: Path) -> None:
     monitor = Monitor(Peer("SCPNODE", "127.0.0.1", port))
     try:
         serve.start()
+        wait_until(lambda: "receiving process listening" in serve.log.read_text(), 60,
+                   "the second receiving process to listen")  # fmt: skip
         monitor.start()
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=SCANNERS) as pool:
@@ -76,6 +79,12 @@ def test_eight_scanners_at_once(tmp_path: Path, demo_weights: Path) -> None:
         assert serve.proc is not None
         receivers = [pid for pid in serve.children() if "receive" in cmdline(pid)]
         assert len(receivers) == 1, "serve did not start its second receiving process"
+        with sqlite3.connect(config.parent / "node.db") as db:
+            owners = db.execute(
+                "SELECT scp_owner, count(*) FROM associations "
+                "WHERE calling_aet LIKE 'CT%' GROUP BY scp_owner"
+            ).fetchall()
+        assert len(owners) == 2, f"the scanners' associations were served by {owners}"
         scp_mb = max(peak_rss_mb(pid) for pid in (serve.proc.pid, *receivers))
         assert scp_mb < 1024, f"an SCP process peaked at {scp_mb:.0f} MB"
         print(
