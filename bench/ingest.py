@@ -3,6 +3,7 @@ baseline), to a bare pynetdicom SCP whose handler does nothing (the stack's own 
 to our SCP (spool + recorder + SQLite); same files, same machine, no fsync on either side.
 
     .venv/bin/python bench/ingest.py [--slices 300] [--runs 5] [--senders 1] [--fastpath on]
+                                     [--receive-processes 1]
 
 `--senders 4` sends four copies of the series at once (four `storescu`, `storescp --fork`).
 `--fastpath off` measures our SCP without receive/fastpath.py (pynetdicom's polling loops),
@@ -103,24 +104,58 @@ def run_bare(folders: list[Path], work: Path) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_node(folders: list[Path], work: Path) -> tuple[float, float]:
-    """(last C-STORE acknowledged, last audit row written)."""
+def run_node(folders: list[Path], work: Path, processes: int = 1) -> tuple[float, float]:
+    """(last C-STORE acknowledged, last audit row written); `processes` > 1: this one plus
+    `scpnode receive` children on the same port, as `serve` runs them."""
+    work.mkdir(parents=True, exist_ok=True)
     db = Database(f"sqlite:///{work}/bench.db")
     db.upgrade()
     recorder = Recorder(db)
     recorder.start()
-    server = ReceiveServer(NodeSettings(host="127.0.0.1"), Spool(work / "spool"), recorder.submit)
+    node = NodeSettings(host="127.0.0.1", receive_processes=processes)
+    server = ReceiveServer(node, Spool(work / "spool"), recorder.submit)
     port = server.start(port=0)
+    children = start_receivers(work, port, processes - 1)
     try:
         wire = send(folders, port, "SCPNODE")
         started = time.perf_counter()
         recorder.flush()
+        for child in children:  # each drains and writes its rows before it exits
+            child.terminate()
+            child.wait(60)
         return wire, wire + (time.perf_counter() - started)
     finally:
+        for child in children:
+            child.kill()
         server.stop(5)
         recorder.stop()
         db.dispose()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def start_receivers(work: Path, port: int, count: int) -> list[subprocess.Popen[bytes]]:
+    if count <= 0:
+        return []
+    config = work / "node.toml"
+    config.write_text(
+        f'[node]\nhost = "127.0.0.1"\nreceive_processes = {count + 1}\n'
+        f'[storage]\nspool_dir = "spool"\n[database]\nurl = "sqlite:///bench.db"\n'
+        "[web]\nenabled = false\n"
+    )
+    logs = [work / f"receive{i}.log" for i in range(count)]
+    command = [sys.executable, "-m", "scpnode", "receive", "--config", str(config)]
+    children = [
+        subprocess.Popen(
+            [*command, "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+        for log in logs
+    ]
+    deadline = time.monotonic() + 60
+    while not all("listening" in log.read_text() for log in logs):
+        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+            raise RuntimeError(f"receiving processes did not start: see {logs}")
+        time.sleep(0.1)
+    return children
 
 
 def copies(series: Path, n: int, root: Path) -> list[Path]:
@@ -141,6 +176,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--senders", type=int, default=1)
     parser.add_argument("--fastpath", choices=["on", "off"], default="on")
+    parser.add_argument("--receive-processes", type=int, default=1, help="node.receive_processes")
     args = parser.parse_args()
     if args.fastpath == "off":
         receive_handlers.accelerate = lambda _assoc, _sock: None  # type: ignore[assignment]
@@ -151,11 +187,12 @@ def main() -> None:
         images = args.slices * len(folders)
         size = sum(p.stat().st_size for f in folders for p in f.rglob("*.dcm"))
         times: dict[str, list[float]] = {"storescp": [], "bare": [], "node": [], "node+db": []}
+        rp = args.receive_processes
         runners: list[tuple[str, Callable[[Path], object]]] = [
             ("storescp", lambda w: times["storescp"].append(run_storescp(folders, w))),
             ("bare", lambda w: times["bare"].append(run_bare(folders, w))),
             ("node", lambda w: [times[k].append(t) for k, t in zip(("node", "node+db"),
-                                                                   run_node(folders, w),
+                                                                   run_node(folders, w, rp),
                                                                    strict=True)]),
         ]  # fmt: skip
         for _ in range(args.runs):
@@ -165,7 +202,7 @@ def main() -> None:
         print(
             f"{images} images ({args.senders} sender(s) x {args.slices} slices, "
             f"{size / 1e6:.0f} MB); median of {args.runs} interleaved runs; "
-            f"fast path {args.fastpath}; {os.cpu_count()} CPUs"
+            f"fast path {args.fastpath}; receive_processes {rp}; {os.cpu_count()} CPUs"
         )
         labels = {
             "storescp": "dcmtk storescp" + (" --fork" if args.senders > 1 else ""),
