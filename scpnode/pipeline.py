@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from model_zoo.preprocess import lung_fraction
 from scpnode import audit, report, scope, uids
 from scpnode.aggregate import aggregate
 from scpnode.config import Settings
@@ -42,8 +43,9 @@ from scpnode.domain import (
     StudyState,
 )
 from scpnode.extras import build_extras
-from scpnode.infer.dicom_slices import SliceHU, SliceReadError, read_slices_hu
-from scpnode.infer.engine import LoadedModel, lung_fractions, predict
+from scpnode.infer.dicom_slices import SliceReadError, read_slice
+from scpnode.infer.engine import LoadedModel
+from scpnode.infer.stream import ScoredSlice, score_series
 from scpnode.outbox import next_instance_number, previous_report, register_sr
 from scpnode.queue import ClaimedJob, finish_job, settle_study
 from scpnode.study_rule import StudyRule, study_rule
@@ -169,16 +171,19 @@ def _analyse(
     fingerprint: str,
 ) -> _Analysis:
     started = time.perf_counter()
-    slices = read_slices_hu([Path(r.path) for r in selected])
-    probs = predict(ctx.model, [s.hu for s in slices], batch_size=ctx.settings.model.batch_size)
-    scores = [
-        SliceScore(s.sop_instance_uid, s.sop_class_uid, i, float(s.z), float(p))
-        for i, (s, p) in enumerate(zip(slices, probs, strict=True))
-    ]
     rule = ctx.rule
+    # batch by batch, decoded ahead of the model: never the whole series in memory
+    slices = score_series(
+        ctx.model, [Path(r.path) for r in selected], batch_size=ctx.settings.model.batch_size,
+        measure=lung_fraction if rule.lung_gate else None,
+    )  # fmt: skip
+    scores = [
+        SliceScore(s.sop_instance_uid, s.sop_class_uid, i, s.z, s.probability)
+        for i, s in enumerate(slices)
+    ]
     votes = None
     if rule.lung_gate:
-        votes = [f >= rule.lung_min_fraction for f in lung_fractions([s.hu for s in slices])]
+        votes = [(s.measure or 0.0) >= rule.lung_min_fraction for s in slices]
     result = aggregate(
         scores,
         threshold=rule.threshold,
@@ -197,14 +202,16 @@ def _analyse(
                      fingerprint, seconds, heat)  # fmt: skip
 
 
-def _heat(ctx: PipelineContext, slices: Sequence[SliceHU], result: StudyResult) -> dict:
-    """Grad-CAM of the key slices; an empty map (and a log line) if it cannot be computed."""
+def _heat(ctx: PipelineContext, slices: Sequence[ScoredSlice], result: StudyResult) -> dict:
+    """Grad-CAM of the key slices (read again: only scores were kept); an empty map (and a
+    log line) if it cannot be computed."""
     from scpnode.infer.gradcam import grad_cam
 
-    by_uid = {s.sop_instance_uid: s.hu for s in slices}
+    paths = {s.sop_instance_uid: s.path for s in slices}
     keys = [s.sop_instance_uid for s in result.key_slices]
     try:
-        return dict(zip(keys, grad_cam(ctx.model, [by_uid[k] for k in keys]), strict=True))
+        hu = [read_slice(paths[k])[0].hu for k in keys]
+        return dict(zip(keys, grad_cam(ctx.model, hu), strict=True))
     except Exception:
         log.exception("Grad-CAM failed; heat maps skipped")
         return {}
