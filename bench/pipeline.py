@@ -5,12 +5,14 @@
 1. Inference on one series: bare CTnet-10 forward on ready tensors (the baseline), our
    `predict` (preprocessing + forward), and the whole read → HU → predict path.
 2. End to end through `Node` (SCP + worker process + delivery to a PACS stand-in): time from
-   the scanner's last acknowledged instance to the SR stored at the PACS.
+   the scanner's last acknowledged instance to the SR stored at the PACS, and the peak RSS of
+   the SCP and worker processes (`--slices 1000 --studies 1`: the memory bound of issue 6).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -98,6 +100,9 @@ def end_to_end(slices: int, studies: int, work: Path) -> None:
             while not any(p.parent.name == spec.study_instance_uid for p in pacs.received):
                 time.sleep(0.02)
             latencies.append(time.perf_counter() - acked)
+        rss = {"SCP process (this one)": peak_rss_mb(os.getpid())}
+        for pid in (p.pid for p in node.workers.procs):
+            rss[f"worker {pid}"] = peak_rss_mb(pid)
     finally:
         node.stop()
         pacs.stop()
@@ -105,15 +110,26 @@ def end_to_end(slices: int, studies: int, work: Path) -> None:
     print(f"end to end, {slices}-slice studies: last instance acknowledged -> SR at PACS")
     for i, t in enumerate(latencies):
         print(f"  study {i}: {t:5.2f} s (of which completion grace {grace:g} s)")
+    print("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--slices", type=int, default=120)
     parser.add_argument("--studies", type=int, default=2)
+    parser.add_argument("--end-to-end-only", action="store_true",
+                        help="skip part 1 (it holds the whole series in this process)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        inference(args.slices, Path(tmp))
+        if not args.end_to_end_only:
+            inference(args.slices, Path(tmp))
         end_to_end(args.slices, args.studies, Path(tmp))
 
 
