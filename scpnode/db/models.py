@@ -149,8 +149,8 @@ class ResultRow(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     threshold: Mapped[float | None] = mapped_column(Float)
-    threshold_source: Mapped[str | None] = mapped_column(String(16))
-    aggregation: Mapped[str | None] = mapped_column(String(64))
+    threshold_source: Mapped[str | None] = mapped_column(String(64))
+    aggregation: Mapped[str | None] = mapped_column(Text)  # the rule, gate and calibration in words
     probability: Mapped[float | None] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(16))
     finding: Mapped[str | None] = mapped_column(String(16))
