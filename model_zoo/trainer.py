@@ -115,7 +115,7 @@ def penalty(model: nn.Module, penalties: Sequence[Penalty]) -> torch.Tensor | fl
     """Keras-style kernel regularizers: coef * sum|w| (l1) or coef * sum w² (l2)."""
     total: torch.Tensor | float = 0.0
     for p in penalties:
-        weight = model.get_submodule(p.module).weight
+        weight = model.get_submodule(p.module).get_parameter("weight")
         term = weight.abs().sum() if p.kind == "l1" else weight.pow(2).sum()
         total = total + p.coef * term
     return total

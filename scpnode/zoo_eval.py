@@ -23,7 +23,7 @@ import torch
 from model_zoo.card import load_card
 from model_zoo.datasets import Dataset, open_dataset
 from model_zoo.metrics import Scored, roc_curve, score
-from model_zoo.registry import get_spec, names
+from model_zoo.registry import names
 from model_zoo.trainer import predict_logits
 from scpnode import zoo_figures
 from scpnode.infer.engine import load_model
@@ -241,4 +241,4 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-__all__ = ["DomainShiftError", "Report", "evaluate", "get_spec", "usable_weights", "weights_in"]
+__all__ = ["DomainShiftError", "Report", "evaluate", "usable_weights", "weights_in"]

@@ -34,7 +34,7 @@ from model_zoo.metrics import choose_threshold, expected_calibration_error, scor
 from model_zoo.preprocess import LUNG_MIN_FRACTION
 from model_zoo.registry import ModelSpec, get_spec
 from model_zoo.train import deterministic, save_weights
-from model_zoo.trainer import FitConfig, Trainer, predict_logits
+from model_zoo.trainer import FitConfig, FitHistory, Trainer, predict_logits
 from scpnode import __version__
 from scpnode.zoo_data import Arrays, load
 from scpnode.zoo_study import Strategy, fit_calibrators, strategies, study_scores
@@ -142,7 +142,7 @@ def train_model(req: TrainRequest, *, device: torch.device, log: Log = print) ->
 
 
 def _card(req: TrainRequest, spec: ModelSpec, data: Dataset, pre: Preprocessing, val: Arrays,
-          val_probs: np.ndarray, history: object, started: float) -> ModelCard:  # fmt: skip
+          val_probs: np.ndarray, history: FitHistory, started: float) -> ModelCard:  # fmt: skip
     gate = val.lung is not None
     own = Strategy("mean_top_fraction", lung_gate=gate)
     order = sorted(val.group_label)
@@ -160,10 +160,10 @@ def _card(req: TrainRequest, spec: ModelSpec, data: Dataset, pre: Preprocessing,
     metrics = {
         "study_val": study_val,
         "training": {
-            "epochs_run": len(history.train_loss),  # type: ignore[attr-defined]
-            "best_epoch": history.best_epoch + 1,  # type: ignore[attr-defined]
-            "stopped_early": history.stopped_early,  # type: ignore[attr-defined]
-            "val_loss": [round(v, 5) for v in history.val_loss],  # type: ignore[attr-defined]
+            "epochs_run": len(history.train_loss),
+            "best_epoch": history.best_epoch + 1,
+            "stopped_early": history.stopped_early,
+            "val_loss": [round(v, 5) for v in history.val_loss],
             "wall_s": round(time.perf_counter() - started, 1),
         },
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +60,16 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     h = trainer.fit(x, y, xv, 1.0 - yv)  # validation labels flipped: it only gets worse
     assert h.stopped_early and len(h.val_loss) < 30
     assert h.best_epoch == int(np.argmin(h.val_loss))
+
+
+def test_keras_style_penalties_on_the_named_layers_weights() -> None:
+    from model_zoo.registry import Penalty, get_spec
+    from model_zoo.trainer import penalty
+
+    model = _model()
+    w, w0 = model[4].weight.detach(), model[0].weight.detach()
+    got = penalty(model, [Penalty("4", "l1", 0.01), Penalty("0", "l2", 0.5)])
+    assert float(torch.as_tensor(got).detach()) == pytest.approx(
+        0.01 * float(w.abs().sum()) + 0.5 * float(w0.pow(2).sum()), rel=1e-5
+    )
+    assert [p.module for p in get_spec("inception_v3").penalties] == ["fc.0", "fc.2"]

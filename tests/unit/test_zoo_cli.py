@@ -166,3 +166,24 @@ def test_models_list_json_shows_the_six_and_the_trained_weights(
     assert rows["vgg16"]["input_size"] == [150, 150] and rows["vgg16"]["gpu_recommended"]
     assert rows["ctnet10"]["weights"].startswith("trained t1 (png-8bit)")
     assert rows["vgg19"]["weights"].startswith("none")
+
+
+def test_train_and_evaluate_on_synthetic_dicom_studies(tmp_path: Path) -> None:
+    """The HU path: `scpnode synth` studies, lung-bearing slices train, the gate and the
+    calibrators land in a dicom-hu card, evaluation scores studies."""
+    data = tmp_path / "synth"
+    assert (
+        main(["synth", "--out", str(data), "--studies", "8", "--slices", "6", "--seed", "9"]) == 0
+    )
+    out = tmp_path / "w" / "ctnet10-hu.pt"
+    assert main(["models", "train", "--model", "ctnet10", "--data", str(data), "--out", str(out),
+                 "--epochs", "1", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    card = load_card(out)
+    assert card.training_domain == "dicom-hu" and card.synthetic
+    assert card.aggregation.lung_gate and card.preprocessing.body_crop
+    assert any("lung_gate=0.03" in k for k in card.calibration.study)
+    assert main(["models", "evaluate", "--weights", str(out), "--data", str(data), "--out",
+                 str(tmp_path / "e"), "--subset", "all"]) == 0  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "e" / "results.csv").open()))
+    assert {r["level"] for r in rows} == {"study", "study*"}  # no slice labels in HU studies
+    assert all(int(r["n"]) == 8 for r in rows)
