@@ -188,6 +188,7 @@ def test_two_nodes_three_workers_one_database(
             wait_until(lambda n=n, port=port: procs.alive(f"scp{n}") and echo(
                 Peer("SCPNODE", "127.0.0.1", port), "PROBE", 2).outcome == Outcome.DELIVERED,
                 120, f"SCP node {n} to answer C-ECHO")  # fmt: skip
+        up_at = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:
             results = pool.map(lambda job: storescu(*job), sends(studies, ports))
             owner = wait_until(lambda: running_owner(db, big_uid), 120,
@@ -200,7 +201,9 @@ def test_two_nodes_three_workers_one_database(
                        interval_s=0.05)  # fmt: skip
             takeover_s = time.monotonic() - killed_at
             assert all(code == 0 for code in results)
+        sent_at = time.monotonic()
         rows = wait_until(lambda: all_settled(db, uids), 180, "every study to settle")
+        settled_at = time.monotonic()
         with db.session() as session:
             uid = select(StudyRow.study_instance_uid)
             results_per_study = Counter(
@@ -229,7 +232,9 @@ def test_two_nodes_three_workers_one_database(
         print(f"\nscale-out on PostgreSQL: {STUDIES} studies ({SPLIT} split across both SCP "
               f"nodes), 2 SCP nodes, {WORKERS} workers (1 killed mid-job), duplicates "
               f"{duplicates}, takeover {takeover_s:.1f} s after kill -9 (lease {LEASE_S:g} s), "
-              f"wall {time.monotonic() - started:.0f} s")  # fmt: skip
+              f"wall {time.monotonic() - started:.0f} s (nodes up {up_at - started:.0f} s, "
+              f"sent {sent_at - up_at:.0f} s, all delivered {settled_at - up_at:.0f} s after "
+              f"the first association)")  # fmt: skip
     finally:
         codes = procs.stop_all()
         db.dispose()
