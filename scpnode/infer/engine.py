@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from model_zoo.card import ModelCard, ModelCardError, WeightsMismatch, check_sha256, load_card
-from model_zoo.preprocess import hu_batch_to_input, lung_fraction
+from model_zoo.preprocess import hu_batch_to_input
 from model_zoo.registry import ModelSpec, get_spec
 from scpnode.domain import ModelIdentity
 
@@ -158,11 +158,6 @@ def predict(
     return out
 
 
-def lung_fractions(hu_slices: Sequence[np.ndarray]) -> list[float]:
-    """The lung-presence gate's measure per slice (``model_zoo.preprocess.lung_fraction``)."""
-    return [lung_fraction(hu) for hu in hu_slices]
-
-
 __all__ = [
     "DeviceError",
     "LoadedModel",
@@ -170,7 +165,6 @@ __all__ = [
     "ModelLoadError",
     "WeightsMismatch",
     "load_model",
-    "lung_fractions",
     "predict",
     "resolve_device",
 ]
