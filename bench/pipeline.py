@@ -88,7 +88,7 @@ def end_to_end(slices: int, studies: int, work: Path) -> None:
     node.prepare()
     port = node.start(port=0)
     try:
-        time.sleep(8)  # let the worker process load torch and the model
+        time.sleep(25)  # let the worker process load torch and the model (~10 s on 2 cores)
         latencies = []
         for i in range(studies):
             spec = make_study_spec(100 + i, n_slices=slices)

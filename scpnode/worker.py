@@ -155,12 +155,16 @@ def build_worker(settings: Settings) -> Worker:
         rules=scope_rules(settings, card),
         clock=utcnow,
     )
+    from scpnode.warmup import warm_up
+
+    warm_s = warm_up(model, ctx.node, settings.model.batch_size)
     log.info(
         "worker ready",
         extra={
             "model": model.identity.tag,
             "device": str(model.device),
             "synthetic": model.identity.synthetic,
+            "warm_up_s": round(warm_s, 2),
         },
     )
     return Worker(ctx, make_deliverer(db, settings))
