@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -19,19 +20,23 @@ import time
 from pathlib import Path
 
 import torch
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_zoo.preprocess import hu_batch_to_input
 from scpnode.config import load_settings
-from scpnode.demo import write_demo_config
+from scpnode.db import Database
+from scpnode.db.models import AuditEventRow, PrescoreRow
+from scpnode.demo import NODE_AET, write_demo_config
 from scpnode.demo_weights import ensure_demo_weights
 from scpnode.infer.dicom_slices import read_slices_hu
 from scpnode.infer.engine import load_model, predict, resolve_device
 from scpnode.node import Node
 from scpnode.pacs_standin import PacsStandIn
-from scpnode.simulate import simulate
-from scpnode.synth import make_study_spec, write_study
+from scpnode.send import Peer, association
+from scpnode.synth import iter_study_datasets, make_study_spec, write_study
 
 
 def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -81,36 +86,90 @@ def inference(slices: int, work: Path) -> None:
     )
 
 
-def end_to_end(slices: int, studies: int, work: Path) -> None:
+def end_to_end(slices: int, studies: int, work: Path, *, pace: float, prescore: bool) -> None:
+    """Each study over one association (paced at `pace` images/s, 0: full speed), then the
+    time from its last C-STORE response to its SR at the PACS, with the breakdown."""
     pacs = PacsStandIn(work / "pacs", "DEMOPACS")
-    settings = load_settings(write_demo_config(work, pacs.start()))
+    config = write_demo_config(work, pacs.start())
+    if not prescore:
+        config.write_text(config.read_text().replace("[worker]\n", "[worker]\nprescore = false\n"))
+    settings = load_settings(config)
     node = Node(settings, say=lambda _m: None)
     node.prepare()
     port = node.start(port=0)
+    db = Database(settings.database.url)
+    rows = []
     try:
         time.sleep(25)  # let the worker process load torch and the model (~10 s on 2 cores)
-        latencies = []
         for i in range(studies):
             spec = make_study_spec(100 + i, n_slices=slices)
-            sent = simulate(
-                "127.0.0.1", port, called_aet="SCPNODE", calling_aet="BENCH", specs=[spec]
-            )
-            acked = time.perf_counter()
-            assert sent.all_stored
+            datasets = list(iter_study_datasets(spec))  # rendered before the clock starts
+            last_ack, scored_at_last = send_paced(port, datasets, pace, db)
+            deadline = time.monotonic() + 120
             while not any(p.parent.name == spec.study_instance_uid for p in pacs.received):
-                time.sleep(0.02)
-            latencies.append(time.perf_counter() - acked)
+                assert time.monotonic() < deadline, "no SR at the PACS within 120 s"
+                time.sleep(0.01)
+            at_pacs = time.time()
+            rows.append(breakdown(db, spec.study_instance_uid, last_ack, at_pacs,
+                                  slices, scored_at_last))  # fmt: skip
         rss = {"SCP process (this one)": peak_rss_mb(os.getpid())}
         for pid in (p.pid for p in node.workers.procs):
             rss[f"worker {pid}"] = peak_rss_mb(pid)
     finally:
+        db.dispose()
         node.stop()
         pacs.stop()
-    grace = settings.study.association_grace_s
-    print(f"end to end, {slices}-slice studies: last instance acknowledged -> SR at PACS")
-    for i, t in enumerate(latencies):
-        print(f"  study {i}: {t:5.2f} s (of which completion grace {grace:g} s)")
+    sender = f"paced {pace:g} images/s" if pace else "full speed"
+    ahead = "on" if prescore else "off"
+    print(f"end to end, {slices}-slice studies, sender {sender}, scoring while arriving "
+          f"{ahead}: last C-STORE response -> SR stored at the PACS")  # fmt: skip
+    for i, r in enumerate(rows):
+        print(f"  study {i}: {r['total']:5.2f} s = completion wait {r['completion_wait']:4.2f} s "
+              f"+ report latency {r['report_latency']:4.2f} s  [scored by the last slice "
+              f"{r['scored_at_last']}/{slices}; job: claim {r['claim']:4.2f} s, inference "
+              f"{r['inference']:4.2f} s ({r['reused']} reused), SR + outbox "
+              f"{r['report']:4.2f} s, send {r['send']:4.2f} s]")  # fmt: skip
     print("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+
+
+def send_paced(port: int, datasets: list, pace: float, db: Database) -> tuple[float, int]:  # type: ignore[type-arg]
+    """Send like a scanner (one association); (wall time of the last response, slices
+    already scored at that moment)."""
+    peer = Peer(NODE_AET, "127.0.0.1", port)
+    classes = {str(ds.SOPClassUID) for ds in datasets}
+    with association(peer, "BENCH", classes, transfer_syntaxes=[ExplicitVRLittleEndian]) as assoc:
+        started = time.perf_counter()
+        for k, ds in enumerate(datasets):
+            if pace:
+                time.sleep(max(0.0, started + k / pace - time.perf_counter()))
+            status = assoc.send_c_store(ds)
+            assert status and status.Status == 0, status
+        last_ack = time.time()
+        with db.session() as session:
+            scored = int(session.scalar(select(func.count()).select_from(PrescoreRow)) or 0)
+    return last_ack, scored
+
+
+def breakdown(db: Database, uid: str, last_ack: float, at_pacs: float, slices: int,
+              scored_at_last: int) -> dict[str, float]:  # fmt: skip
+    """The study's audit events place each stage on the node's clock (same host, UTC)."""
+    with db.session() as session:
+        events = session.scalars(
+            select(AuditEventRow).where(AuditEventRow.study_instance_uid == uid)
+            .order_by(AuditEventRow.seq)
+        ).all()  # fmt: skip
+    at = {e.kind: e.ts.timestamp() for e in reversed(events)}  # first of each kind
+    done = json.loads(next(e.detail for e in events if e.kind == "inference_done"))
+    complete, claimed = at["study_complete"], at["job_claimed"]
+    result, delivered = at["study_result"], at["delivered"]
+    wait = max(0.0, complete - last_ack)
+    return {
+        "total": at_pacs - last_ack, "completion_wait": wait,
+        "report_latency": at_pacs - last_ack - wait, "scored_at_last": scored_at_last,
+        "claim": claimed - complete, "inference": float(done["seconds"]),
+        "reused": done.get("scored_while_arriving", 0),
+        "report": delivered - result, "send": at_pacs - delivered,
+    }  # fmt: skip
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -126,11 +185,18 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=2)
     parser.add_argument("--end-to-end-only", action="store_true",
                         help="skip part 1 (it holds the whole series in this process)")  # fmt: skip
+    parser.add_argument("--pace", type=float, default=0.0,
+                        help="images/s the scanner sends at (0: as fast as it can)")  # fmt: skip
+    parser.add_argument("--prescore", choices=["on", "off", "both"], default="both",
+                        help="scoring while the study arrives (both: off then on)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.end_to_end_only:
             inference(args.slices, Path(tmp))
-        end_to_end(args.slices, args.studies, Path(tmp))
+        modes = {"on": [True], "off": [False], "both": [False, True]}[args.prescore]
+        for n, prescore in enumerate(modes):
+            end_to_end(args.slices, args.studies, Path(tmp) / f"run{n}", pace=args.pace,
+                       prescore=prescore)  # fmt: skip
 
 
 if __name__ == "__main__":

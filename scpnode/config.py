@@ -240,6 +240,7 @@ class WorkerSettings(_Section):
     processes: int = Field(default=1, ge=0, le=64)
     lease_s: float = Field(default=300.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+    prescore: bool = True  # score slices while their study is still arriving
 
 
 class WebSettings(_Section):

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from model_zoo.preprocess import lung_fraction
@@ -45,8 +44,9 @@ from scpnode.domain import (
 from scpnode.extras import build_extras
 from scpnode.infer.dicom_slices import SliceReadError, read_slice
 from scpnode.infer.engine import LoadedModel
-from scpnode.infer.stream import ScoredSlice, score_series
+from scpnode.infer.stream import ScoredSlice, in_anatomical_order, score_slices
 from scpnode.outbox import next_instance_number, previous_report, register_sr
+from scpnode.prescore import load_prescores, study_instances
 from scpnode.queue import ClaimedJob, finish_job, settle_study
 from scpnode.study_rule import StudyRule, study_rule
 
@@ -85,11 +85,12 @@ class _Analysis:
     fingerprint: str
     seconds: float
     heat: dict[str, np.ndarray]  # Grad-CAM per key slice, when `[report] heatmaps`
+    prescored: int = 0  # slices scored while the study was still arriving
 
 
 def process_job(ctx: PipelineContext, job: ClaimedJob) -> None:
     """Run one claimed job; every outcome ends in a study state and an audit event."""
-    rows = _instances(ctx.db, job.study_id)
+    rows = study_instances(ctx.db, job.study_id)
     decision = scope.decide(rows, ctx.rules)
     if decision.verdict == scope.Verdict.IGNORE:
         _finish_ignored(ctx, job, decision.reason)
@@ -127,18 +128,6 @@ def input_fingerprint(rows: Sequence[InstanceRow]) -> str:
     return digest.hexdigest()
 
 
-def _instances(db: Database, study_id: int) -> list[InstanceRow]:
-    """The study's instances that are still on disk (a purged study keeps only its rows)."""
-    with db.session() as session:
-        study = session.get(StudyRow, study_id)
-        query = select(InstanceRow).where(
-            InstanceRow.study_id == study_id, InstanceRow.is_own.is_(False)
-        )
-        if study is not None and study.purged_at is not None:
-            query = query.where(InstanceRow.received_at > study.purged_at)
-        return list(session.scalars(query.order_by(InstanceRow.id)))
-
-
 def _unchanged(ctx: PipelineContext, job: ClaimedJob, fingerprint: str) -> bool:
     """Reprocess only when the analysed series changed or gained instances (DESIGN §7)."""
     with ctx.db.session() as session:
@@ -172,11 +161,16 @@ def _analyse(
 ) -> _Analysis:
     started = time.perf_counter()
     rule = ctx.rule
-    # batch by batch, decoded ahead of the model: never the whole series in memory
-    slices = score_series(
-        ctx.model, [Path(r.path) for r in selected], batch_size=ctx.settings.model.batch_size,
-        measure=lung_fraction if rule.lung_gate else None,
-    )  # fmt: skip
+    # slices scored while the study arrived are reused; the rest are scored batch by batch,
+    # decoded ahead of the model: never the whole series in memory
+    ready = load_prescores(ctx.db, selected, ctx.model.identity.weights_sha256,
+                           need_measure=rule.lung_gate)  # fmt: skip
+    rest = [Path(r.path) for r in selected if r.id not in ready]
+    slices = in_anatomical_order([
+        *ready.values(),
+        *score_slices(ctx.model, rest, batch_size=ctx.settings.model.batch_size,
+                      measure=lung_fraction if rule.lung_gate else None),
+    ])  # fmt: skip
     scores = [
         SliceScore(s.sop_instance_uid, s.sop_class_uid, i, s.z, s.probability)
         for i, s in enumerate(slices)
@@ -199,7 +193,7 @@ def _analyse(
     seconds = time.perf_counter() - started
     heat = _heat(ctx, slices, result) if ctx.settings.report.heatmaps else {}
     return _Analysis(result, scores, str(decision.series_instance_uid), decision.reason,
-                     fingerprint, seconds, heat)  # fmt: skip
+                     fingerprint, seconds, heat, len(ready))  # fmt: skip
 
 
 def _heat(ctx: PipelineContext, slices: Sequence[ScoredSlice], result: StudyResult) -> dict:
@@ -348,6 +342,7 @@ def _audit_result(
         study_uid=job.study_uid,
         now=now,
         slices=r.n_slices,
+        scored_while_arriving=analysis.prescored,
         seconds=round(analysis.seconds, 3),
         model=model.tag,
     )

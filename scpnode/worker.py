@@ -29,6 +29,7 @@ from scpnode.delivery import Deliverer
 from scpnode.domain import AuditKind, JobState, StudyState
 from scpnode.owners import process_owner
 from scpnode.pipeline import PipelineContext, process_job
+from scpnode.prescore import Prescorer, forget_prescores
 from scpnode.queue import (
     ClaimedJob,
     claim,
@@ -39,6 +40,7 @@ from scpnode.queue import (
 )
 
 log = logging.getLogger(__name__)
+PROMPT_POLL_S = 0.1
 
 
 class Worker:
@@ -51,6 +53,7 @@ class Worker:
         *,
         owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        prescorer: Prescorer | None = None,
     ) -> None:
         self.ctx = ctx
         self.deliverer = deliverer
@@ -58,6 +61,8 @@ class Worker:
         self.clock = clock or ctx.clock
         self.lease_s = ctx.settings.worker.lease_s
         self.poll_s = ctx.settings.worker.poll_interval_s
+        self.prescorer = prescorer
+        self._deliver_now = threading.Event()  # a job just wrote an SR: send it without a poll
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set: jobs here, deliveries in a thread; both end warm."""
@@ -66,9 +71,27 @@ class Worker:
         )
         sender.start()
         while not stop.is_set():
-            if not self.run_one_job():
-                stop.wait(self.poll_s)
+            if self.run_one_job():
+                self._deliver_now.set()
+            elif not self._prescore():
+                stop.wait(self._idle_wait())
+        self._deliver_now.set()
         sender.join(timeout=60)
+
+    def _prescore(self) -> bool:
+        """Between jobs, score slices of studies still arriving; errors only cost time."""
+        if self.prescorer is None:
+            return False
+        try:
+            return self.prescorer.step()
+        except Exception:
+            log.exception("scoring ahead failed; the study's job will score its slices")
+            return False
+
+    def _idle_wait(self) -> float:
+        """While a study is arriving its job can be queued any moment: look more often."""
+        watching = self.prescorer is not None and self.prescorer.watching
+        return min(self.poll_s, PROMPT_POLL_S) if watching else self.poll_s
 
     def run_burst(self) -> int:
         """Process every queued job and every due delivery, then return how many jobs ran."""
@@ -88,13 +111,18 @@ class Worker:
             except Exception as exc:
                 log.exception("job failed", extra={"job_id": job.job_id})
                 self._fail(job, exc)
+        try:
+            forget_prescores(self.ctx.db, job.study_id)
+        except Exception:  # only a cache: a leftover score is matched by bytes, never misused
+            log.exception("could not drop the study's scores made ahead")
         return True
 
     def _delivery_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 if not self.deliverer.run_once():
-                    stop.wait(self.poll_s)
+                    self._deliver_now.wait(self.poll_s)
+                    self._deliver_now.clear()
             except Exception:
                 log.exception("delivery loop error; continuing")
                 stop.wait(self.poll_s * 4)
@@ -167,4 +195,11 @@ def build_worker(settings: Settings) -> Worker:
             "warm_up_s": round(warm_s, 2),
         },
     )
-    return Worker(ctx, make_deliverer(db, settings))
+    prescorer = None
+    if settings.worker.prescore:
+        from model_zoo.preprocess import lung_fraction
+
+        prescorer = Prescorer(db, model, ctx.rules, owner=process_owner(), clock=utcnow,
+                              batch_size=settings.model.batch_size,
+                              measure=lung_fraction if ctx.rule.lung_gate else None)  # fmt: skip
+    return Worker(ctx, make_deliverer(db, settings), prescorer=prescorer)

@@ -82,6 +82,9 @@ class StudyRow(Base):
     analysed_fingerprint: Mapped[str | None] = mapped_column(String(64))
     current_result_id: Mapped[int | None] = mapped_column(Integer)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # spool files removed
+    # the worker scoring this study's slices while they arrive, and until when it holds it
+    prescore_owner: Mapped[str | None] = mapped_column(String(128))
+    prescore_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class InstanceRow(Base):
@@ -167,6 +170,27 @@ class SliceScoreRow(Base):
     slice_index: Mapped[int] = mapped_column(Integer)
     z: Mapped[float] = mapped_column(Float)
     probability: Mapped[float] = mapped_column(Float)
+
+
+class PrescoreRow(Base):
+    """A slice scored while its study was still arriving (deleted when the study's job ends).
+
+    Valid for the job only while the instance still has these bytes (`sha256`) and the
+    served weights are these (`weights_sha256`); anything else is scored again.
+    """
+
+    __tablename__ = "prescores"
+    __table_args__ = (UniqueConstraint("instance_id", "weights_sha256"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    measure: Mapped[float | None] = mapped_column(Float)  # the lung fraction, when gated
+    position: Mapped[float | None] = mapped_column(Float)  # along the slice normal, if known
+    instance_number: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 REPORT_KINDS = ("result", "not_analysed")  # the SR proper; other kinds are optional extras

@@ -35,6 +35,16 @@ class ScoredSlice:
     measure: float | None = None  # e.g. the lung fraction, when a measure was asked for
 
 
+@dataclass(frozen=True)
+class PlacedScore:
+    """A scored slice with what anatomical ordering needs, kept until the series is whole
+    (the worker stores these for slices scored while their study is still arriving)."""
+
+    slice: ScoredSlice
+    position: float | None  # along the slice normal; None without usable geometry
+    instance_number: float
+
+
 def score_series(
     model: LoadedModel,
     paths: Sequence[Path],
@@ -48,6 +58,19 @@ def score_series(
     Raises `SliceReadError` for the first file that cannot become a slice, like
     `read_slices_hu`; the producer thread is stopped and joined before returning.
     """
+    placed = score_slices(model, paths, batch_size=batch_size, measure=measure, prefetch=prefetch)
+    return in_anatomical_order(placed)
+
+
+def score_slices(
+    model: LoadedModel,
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    measure: Callable[[np.ndarray], float] | None = None,
+    prefetch: int = 2,
+) -> list[PlacedScore]:
+    """`score_series` without the ordering, in input order: for scoring part of a series."""
     batches: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     producer = threading.Thread(
@@ -55,7 +78,7 @@ def score_series(
         name="slice-decoder",
     )  # fmt: skip
     producer.start()
-    scored: list[tuple[ScoredSlice, float | None, float, str]] = []
+    placed: list[PlacedScore] = []
     try:
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
@@ -68,11 +91,17 @@ def score_series(
                     s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p),
                     None if measure is None else float(measure(array)),
                 )  # fmt: skip
-                scored.append((kept, position, number, str(s.path)))
+                placed.append(PlacedScore(kept, position, number))
     finally:
         stop.set()  # a producer still decoding or waiting on the full queue gives up
         producer.join()
-    return [_with_z(s, z) for s, z in order_along_normal(scored)]
+    return placed
+
+
+def in_anatomical_order(placed: Sequence[PlacedScore]) -> list[ScoredSlice]:
+    """Slices scored in any order and at any time, ordered exactly as `read_slices_hu` does."""
+    keyed = [(p.slice, p.position, p.instance_number, str(p.slice.path)) for p in placed]
+    return [_with_z(s, z) for s, z in order_along_normal(keyed)]
 
 
 def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:

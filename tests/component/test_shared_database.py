@@ -184,8 +184,37 @@ def test_upgrade_from_empty_then_again_is_a_no_op(db_url: str) -> None:
         assert compare_metadata(context, Base.metadata) == []  # migrations == models
     db.upgrade()
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == revision == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == revision == "0002"
         assert sorted(inspect(conn).get_table_names()) == tables
+    db.dispose()
+
+
+def test_upgrade_from_the_first_release_keeps_its_rows(db_url: str) -> None:
+    """A node upgraded from revision 0001 keeps its studies and gains the scoring-ahead
+    columns and table (0002) empty."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from scpnode.db.models import PrescoreRow
+    from scpnode.db.session import MIGRATIONS
+
+    db = Database(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")
+        connection.execute(text(
+            "INSERT INTO studies (id, study_instance_uid, state, first_calling_aet, "
+            "first_received_at, last_received_at, state_changed_at) VALUES (1, '1.2.3', "
+            "'reported', 'CT01', :t, :t, :t)"), {"t": utcnow().replace(tzinfo=None)})  # fmt: skip
+    db.upgrade()
+    with db.session() as session:
+        study = session.scalars(select(StudyRow)).one()
+        assert (study.study_instance_uid, study.state) == ("1.2.3", "reported")
+        assert study.prescore_owner is None and study.prescore_until is None
+        assert session.scalars(select(PrescoreRow)).all() == []
     db.dispose()
 
 

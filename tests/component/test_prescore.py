@@ -1,0 +1,148 @@
+"""Scoring while the study arrives, over real associations and a real SQLite file: slices are
+scored before the study completes, the job reuses exactly those scores (same numbers as a cold
+run), a replaced instance is scored again, two workers never score one study at once, and a
+running worker loop does it on its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from scpnode.clock import utcnow
+from scpnode.db.models import InstanceRow, PrescoreRow, SliceScoreRow, StudyRow
+from scpnode.infer.stream import score_series
+from scpnode.prescore import Prescorer
+from scpnode.queue import sweep_completions
+from scpnode.synth import iter_study_datasets, make_study_spec
+
+N = 12
+
+
+def prescored(rig: Any) -> int:
+    with rig.worker.ctx.db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(PrescoreRow)) or 0)
+
+
+def drain(prescorer: Prescorer) -> int:
+    """Step until nothing is left to score (bounded); returns the steps that did work."""
+    for steps in range(50):
+        if not prescorer.step():
+            return steps
+    raise AssertionError("scoring ahead never ran out of work")
+
+
+def inference_event(rig: Any, uid: str) -> dict[str, Any]:
+    events = rig.show(uid)["events"]
+    return next(e for e in events if e["kind"] == "inference_done")["detail"]
+
+
+def instance_paths(rig: Any) -> dict[str, Path]:
+    with rig.worker.ctx.db.session() as s:
+        return {r.sop_instance_uid: Path(r.path) for r in s.scalars(select(InstanceRow))}
+
+
+def slice_scores(rig: Any) -> dict[str, float]:
+    with rig.worker.ctx.db.session() as s:
+        return {r.sop_instance_uid: r.probability for r in s.scalars(select(SliceScoreRow))}
+
+
+def test_slices_are_scored_while_the_study_arrives_and_reused_by_its_job(make_rig: Any) -> None:
+    rig = make_rig()
+    prescorer = rig.worker.prescorer
+    assert prescorer is not None  # on by default
+    spec = make_study_spec(91, n_slices=N)
+    datasets = list(iter_study_datasets(spec))
+    assert rig.send(datasets[: N // 2]) == [0] * (N // 2)
+    rig.recorder.flush()
+    assert drain(prescorer) >= 1
+    assert prescored(rig) == N // 2  # half the study is here: half is scored
+    assert rig.send(datasets[N // 2 :]) == [0] * (N - N // 2)
+    rig.recorder.flush()
+    drain(prescorer)
+    assert prescored(rig) == N
+
+    rig.complete_and_process()
+    study = rig.studies()[spec.study_instance_uid]
+    assert study["status"] == "delivered"
+    assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N
+    assert prescored(rig) == 0  # the job used them; the cache is emptied
+
+    # the same numbers a cold job computes from the files
+    cold = score_series(rig.worker.ctx.model, list(instance_paths(rig).values()))
+    stored = slice_scores(rig)
+    assert len(cold) == N
+    np.testing.assert_allclose(
+        [stored[s.sop_instance_uid] for s in cold], [s.probability for s in cold], atol=1e-6
+    )
+
+
+def test_a_replaced_instance_is_scored_again(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(92, n_slices=N)
+    datasets = list(iter_study_datasets(spec))
+    assert rig.send(datasets) == [0] * N
+    rig.recorder.flush()
+    drain(rig.worker.prescorer)
+    assert prescored(rig) == N
+    changed = datasets[3]
+    pixels = changed.pixel_array.copy()
+    pixels[100:300, 100:300] = pixels.max()  # new bytes under the same SOP Instance UID
+    changed.PixelData = pixels.tobytes()
+    assert rig.send([changed]) == [0]
+    rig.complete_and_process()
+    assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N - 1
+    stored = slice_scores(rig)
+    path = instance_paths(rig)[changed.SOPInstanceUID]
+    fresh = score_series(rig.worker.ctx.model, [path])[0].probability
+    assert abs(stored[changed.SOPInstanceUID] - fresh) < 1e-6
+
+
+def test_two_workers_never_score_one_study_at_once(make_rig: Any) -> None:
+    rig = make_rig()
+    first = rig.worker.prescorer
+    ctx = rig.worker.ctx
+    second = Prescorer(ctx.db, ctx.model, ctx.rules, owner="other-host:1", clock=ctx.clock,
+                       batch_size=4, measure=None)  # fmt: skip
+    spec = make_study_spec(93, n_slices=N)
+    assert rig.send(list(iter_study_datasets(spec))) == [0] * N
+    rig.recorder.flush()
+    assert first.step()  # takes the study's lease
+    assert not second.step()  # the only arriving study is held by the first worker
+    with ctx.db.session() as s:
+        study = s.scalars(select(StudyRow)).one()
+        assert study.prescore_owner == first.owner
+    drain(first)
+    assert prescored(rig) == N
+
+
+def test_a_running_worker_scores_ahead_and_reports_without_a_poll(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(94, n_slices=N)
+    stop = threading.Event()
+    loop = threading.Thread(target=rig.worker.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        assert rig.send(list(iter_study_datasets(spec))) == [0] * N
+        rig.recorder.flush()
+        deadline = time.monotonic() + 30
+        while prescored(rig) < N and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert prescored(rig) == N  # scored before the study was complete
+        rig.recorder.flush()
+        sweep_completions(rig.worker.ctx.db, utcnow() + timedelta(seconds=5), grace_s=1,
+                          idle_timeout_s=60)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while rig.studies()[spec.study_instance_uid]["status"] != "delivered":
+            assert time.monotonic() < deadline, rig.studies()[spec.study_instance_uid]
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+    assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N
