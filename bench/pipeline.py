@@ -1,12 +1,17 @@
 """Pipeline benchmark: where a study's time goes, against the bare model forward.
 
-    .venv/bin/python bench/pipeline.py [--slices 120] [--studies 2]
+    .venv/bin/python bench/pipeline.py [--slices 120] [--studies 2] [--end-to-end-only]
+                                       [--pace 50] [--prescore on|off|both]
 
 1. Inference on one series: bare CTnet-10 forward on ready tensors (the baseline), our
    `predict` (preprocessing + forward), and the whole read → HU → predict path.
-2. End to end through `Node` (SCP + worker process + delivery to a PACS stand-in): time from
-   the scanner's last acknowledged instance to the SR stored at the PACS, and the peak RSS of
-   the SCP and worker processes (`--slices 1000 --studies 1`: the memory bound of issue 6).
+2. End to end through `Node` (SCP + worker process + delivery to a PACS stand-in), each
+   study sent over one association at `--pace` images/s (0: full speed): time from its last
+   C-STORE response to its SR stored at the PACS, split into the completion wait (until the
+   `study_complete` event) and the report latency (the rest: claim, inference, SR, send),
+   with how many slices were already scored when the last one was acknowledged; scoring
+   while arriving off, then on (`--prescore`), in one run; and the peak RSS of the SCP and
+   worker processes (`--slices 1000 --studies 1`: the memory bound of issue 6).
 """
 
 from __future__ import annotations
@@ -104,14 +109,14 @@ def end_to_end(slices: int, studies: int, work: Path, *, pace: float, prescore: 
         for i in range(studies):
             spec = make_study_spec(100 + i, n_slices=slices)
             datasets = list(iter_study_datasets(spec))  # rendered before the clock starts
-            last_ack, scored_at_last = send_paced(port, datasets, pace, db)
+            last_ack, scored_at_last, sent_s = send_paced(port, datasets, pace, db)
             deadline = time.monotonic() + 120
             while not any(p.parent.name == spec.study_instance_uid for p in pacs.received):
                 assert time.monotonic() < deadline, "no SR at the PACS within 120 s"
                 time.sleep(0.01)
             at_pacs = time.time()
             rows.append(breakdown(db, spec.study_instance_uid, last_ack, at_pacs,
-                                  slices, scored_at_last))  # fmt: skip
+                                  slices, scored_at_last) | {"sent": sent_s})  # fmt: skip
         rss = {"SCP process (this one)": peak_rss_mb(os.getpid())}
         for pid in (p.pid for p in node.workers.procs):
             rss[f"worker {pid}"] = peak_rss_mb(pid)
@@ -124,17 +129,18 @@ def end_to_end(slices: int, studies: int, work: Path, *, pace: float, prescore: 
     print(f"end to end, {slices}-slice studies, sender {sender}, scoring while arriving "
           f"{ahead}: last C-STORE response -> SR stored at the PACS")  # fmt: skip
     for i, r in enumerate(rows):
-        print(f"  study {i}: {r['total']:5.2f} s = completion wait {r['completion_wait']:4.2f} s "
+        print(f"  study {i}: sent in {r['sent']:5.2f} s; then {r['total']:5.2f} s = "
+              f"completion wait {r['completion_wait']:4.2f} s "
               f"+ report latency {r['report_latency']:4.2f} s  [scored by the last slice "
               f"{r['scored_at_last']}/{slices}; job: claim {r['claim']:4.2f} s, inference "
-              f"{r['inference']:4.2f} s ({r['reused']} reused), SR + outbox "
-              f"{r['report']:4.2f} s, send {r['send']:4.2f} s]")  # fmt: skip
+              f"{r['inference']:4.2f} s ({r['reused']} reused), SR + outbox + send "
+              f"{r['report']:4.2f} s]")  # fmt: skip
     print("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
 
 
-def send_paced(port: int, datasets: list, pace: float, db: Database) -> tuple[float, int]:  # type: ignore[type-arg]
+def send_paced(port: int, datasets: list, pace: float, db: Database) -> tuple[float, int, float]:  # type: ignore[type-arg]
     """Send like a scanner (one association); (wall time of the last response, slices
-    already scored at that moment)."""
+    already scored at that moment, seconds from the first C-STORE to the last response)."""
     peer = Peer(NODE_AET, "127.0.0.1", port)
     classes = {str(ds.SOPClassUID) for ds in datasets}
     with association(peer, "BENCH", classes, transfer_syntaxes=[ExplicitVRLittleEndian]) as assoc:
@@ -144,31 +150,36 @@ def send_paced(port: int, datasets: list, pace: float, db: Database) -> tuple[fl
                 time.sleep(max(0.0, started + k / pace - time.perf_counter()))
             status = assoc.send_c_store(ds)
             assert status and status.Status == 0, status
-        last_ack = time.time()
+        last_ack, sent_s = time.time(), time.perf_counter() - started
         with db.session() as session:
             scored = int(session.scalar(select(func.count()).select_from(PrescoreRow)) or 0)
-    return last_ack, scored
+    return last_ack, scored, sent_s
 
 
 def breakdown(db: Database, uid: str, last_ack: float, at_pacs: float, slices: int,
               scored_at_last: int) -> dict[str, float]:  # fmt: skip
     """The study's audit events place each stage on the node's clock (same host, UTC)."""
-    with db.session() as session:
-        events = session.scalars(
-            select(AuditEventRow).where(AuditEventRow.study_instance_uid == uid)
-            .order_by(AuditEventRow.seq)
-        ).all()  # fmt: skip
+    deadline = time.monotonic() + 10  # the PACS has the SR; its audit row follows
+    while True:
+        with db.session() as session:
+            events = session.scalars(
+                select(AuditEventRow).where(AuditEventRow.study_instance_uid == uid)
+                .order_by(AuditEventRow.seq)
+            ).all()  # fmt: skip
+        if any(e.kind == "delivered" for e in events) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     at = {e.kind: e.ts.timestamp() for e in reversed(events)}  # first of each kind
     done = json.loads(next(e.detail for e in events if e.kind == "inference_done"))
     complete, claimed = at["study_complete"], at["job_claimed"]
-    result, delivered = at["study_result"], at["delivered"]
+    result, delivered = at["study_result"], at.get("delivered", at_pacs)
     wait = max(0.0, complete - last_ack)
     return {
         "total": at_pacs - last_ack, "completion_wait": wait,
         "report_latency": at_pacs - last_ack - wait, "scored_at_last": scored_at_last,
         "claim": claimed - complete, "inference": float(done["seconds"]),
         "reused": done.get("scored_while_arriving", 0),
-        "report": delivered - result, "send": at_pacs - delivered,
+        "report": delivered - result,
     }  # fmt: skip
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -94,7 +95,8 @@ class _Task:
 
 
 class Prescorer:
-    """One worker's background scoring: `step()` scores at most one slice batch or two."""
+    """One worker's background scoring: `step()` scores at most one batch, so a queued job
+    waits for one batch at most."""
 
     def __init__(
         self,
@@ -107,11 +109,14 @@ class Prescorer:
         batch_size: int,
         measure: Callable[[np.ndarray], float] | None,
         lease_s: float = 10.0,
+        threads: int | None = None,
     ) -> None:
         self.db, self.model, self.owner, self.clock = db, model, owner, clock
         # a series still arriving may be shorter than the minimum it must reach at completion
         self.rules = dataclasses.replace(rules, min_slices=1)
         self.batch_size, self.measure, self.lease_s = batch_size, measure, lease_s
+        # CPU: score ahead on fewer threads than a job, so the SCP keeps a core for the scanner
+        self.threads = threads
         self.watching = False  # some study is still arriving: the worker polls faster
         self._unreadable: set[tuple[int, str]] = set()  # (instance id, sha256): left to the job
         self._caught_up: dict[int, datetime] = {}  # study id → last_received_at when all scored
@@ -125,8 +130,9 @@ class Prescorer:
         started = time.perf_counter()
         paths = [Path(r.path) for r in task.rows]
         try:
-            placed = score_slices(self.model, paths, batch_size=self.batch_size,
-                                  measure=self.measure)  # fmt: skip
+            with _threads(self.threads):
+                placed = score_slices(self.model, paths, batch_size=self.batch_size,
+                                      measure=self.measure)  # fmt: skip
         except SliceReadError as exc:
             bad = [r for r in task.rows if Path(r.path) == exc.path] or task.rows[:1]
             self._unreadable.update((r.id, r.sha256) for r in bad)
@@ -160,7 +166,7 @@ class Prescorer:
             if not todo:
                 self._caught_up[study_id] = last_received
             elif self._take_lease(study_id, now):
-                return _Task(study_id, todo[: self.batch_size * 2])
+                return _Task(study_id, todo[: self.batch_size])
         return None
 
     def _unscored(self, study_id: int) -> list[InstanceRow]:
@@ -198,6 +204,22 @@ class Prescorer:
                 return 0  # our lease ran out and another worker took the study over
             return _insert(session, task.study_id, rows, placed,
                            self.model.identity.weights_sha256, self.clock())  # fmt: skip
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the block (None: unchanged)."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _insert(session: Session, study_id: int, rows: dict[Path, InstanceRow],

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from scpnode import audit
 from scpnode.app import (
@@ -30,6 +31,9 @@ from scpnode.domain import AuditKind, JobState, StudyState
 from scpnode.owners import process_owner
 from scpnode.pipeline import PipelineContext, process_job
 from scpnode.prescore import Prescorer, forget_prescores
+
+if TYPE_CHECKING:
+    from scpnode.infer.engine import LoadedModel
 from scpnode.queue import (
     ClaimedJob,
     claim,
@@ -161,6 +165,16 @@ class Worker:
             )
 
 
+def prescore_threads(model: LoadedModel) -> int | None:
+    """On the CPU, scoring ahead leaves one core to the SCP receiving the study; a GPU
+    worker needs its CPU threads only to decode."""
+    if model.device.type != "cpu":
+        return None
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
+
+
 def build_worker(settings: Settings) -> Worker:
     """Everything one worker process needs; raises StartupError with the key to fix."""
     from scpnode.infer.engine import DeviceError, ModelLoadError, load_model, resolve_device
@@ -201,5 +215,6 @@ def build_worker(settings: Settings) -> Worker:
 
         prescorer = Prescorer(db, model, ctx.rules, owner=process_owner(), clock=utcnow,
                               batch_size=settings.model.batch_size,
-                              measure=lung_fraction if ctx.rule.lung_gate else None)  # fmt: skip
+                              measure=lung_fraction if ctx.rule.lung_gate else None,
+                              threads=prescore_threads(model))  # fmt: skip
     return Worker(ctx, make_deliverer(db, settings), prescorer=prescorer)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import func, select
 
 from scpnode.clock import utcnow
@@ -60,7 +61,10 @@ def test_slices_are_scored_while_the_study_arrives_and_reused_by_its_job(make_ri
     datasets = list(iter_study_datasets(spec))
     assert rig.send(datasets[: N // 2]) == [0] * (N // 2)
     rig.recorder.flush()
+    threads = torch.get_num_threads()
+    assert prescorer.threads == max(1, threads - 1)  # CPU: a core stays with the SCP
     assert drain(prescorer) >= 1
+    assert torch.get_num_threads() == threads  # jobs still get every thread
     assert prescored(rig) == N // 2  # half the study is here: half is scored
     assert rig.send(datasets[N // 2 :]) == [0] * (N - N // 2)
     rig.recorder.flush()
