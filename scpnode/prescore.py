@@ -123,30 +123,32 @@ class Prescorer:
         self.scored = 0
 
     def step(self) -> bool:
-        """Score some waiting slices; False when there is nothing to score."""
-        task = self._next_task()
-        if task is None:
+        """Score one batch of waiting slices, from one study or several (a batch is filled
+        across studies arriving at once); False when there is nothing to score."""
+        tasks = self._next_tasks()
+        if not tasks:
             return False
         started = time.perf_counter()
-        paths = [Path(r.path) for r in task.rows]
+        rows = [r for task in tasks for r in task.rows]
         try:
             with _threads(self.threads):
-                placed = score_slices(self.model, paths, batch_size=self.batch_size,
-                                      measure=self.measure)  # fmt: skip
+                placed = score_slices(self.model, [Path(r.path) for r in rows],
+                                      batch_size=self.batch_size, measure=self.measure)  # fmt: skip
         except SliceReadError as exc:
-            bad = [r for r in task.rows if Path(r.path) == exc.path] or task.rows[:1]
+            bad = [r for r in rows if Path(r.path) == exc.path] or rows[:1]
             self._unreadable.update((r.id, r.sha256) for r in bad)
             log.info("slice not scored ahead; its job will report it",
-                     extra={"study_id": task.study_id, "reason": exc.reason})  # fmt: skip
+                     extra={"study_id": bad[0].study_id, "reason": exc.reason})  # fmt: skip
             return True
-        stored = self._store(task, placed)
+        by_path = {p.slice.path: p for p in placed}
+        stored = sum(self._store(t, [by_path[Path(r.path)] for r in t.rows]) for t in tasks)
         self.scored += stored
         seconds = round(time.perf_counter() - started, 3)
-        log.debug("scored ahead", extra={"study_id": task.study_id, "slices": stored,
+        log.debug("scored ahead", extra={"studies": len(tasks), "slices": stored,
                                          "seconds": seconds})  # fmt: skip
         return True
 
-    def _next_task(self) -> _Task | None:
+    def _next_tasks(self) -> list[_Task]:
         now = self.clock()
         free = or_(StudyRow.prescore_owner.is_(None), StudyRow.prescore_owner == self.owner,
                    StudyRow.prescore_until < now)  # fmt: skip
@@ -159,6 +161,7 @@ class Prescorer:
         self.watching = bool(receiving)
         self._caught_up = {r.id: self._caught_up[r.id] for r in receiving
                            if r.id in self._caught_up}  # fmt: skip
+        tasks, room = [], self.batch_size
         for study_id, last_received, is_free in receiving:
             if not is_free or self._caught_up.get(study_id) == last_received:
                 continue  # another worker's, or nothing new since we scored all of it
@@ -166,8 +169,11 @@ class Prescorer:
             if not todo:
                 self._caught_up[study_id] = last_received
             elif self._take_lease(study_id, now):
-                return _Task(study_id, todo[: self.batch_size])
-        return None
+                tasks.append(_Task(study_id, todo[:room]))
+                room -= len(tasks[-1].rows)
+                if room == 0:
+                    break
+        return tasks
 
     def _unscored(self, study_id: int) -> list[InstanceRow]:
         rows = study_instances(self.db, study_id)

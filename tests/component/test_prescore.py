@@ -150,3 +150,35 @@ def test_a_running_worker_scores_ahead_and_reports_without_a_poll(make_rig: Any)
         loop.join(timeout=30)
     assert not loop.is_alive()
     assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N
+
+
+def test_an_undecodable_slice_is_left_to_the_job_and_the_rest_is_scored(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(95, n_slices=N)
+    datasets = list(iter_study_datasets(spec))
+    bad = datasets[5]
+    bad.PixelData = bad.PixelData[:100]  # header fine, pixels truncated
+    assert rig.send(datasets) == [0] * N  # acknowledged: stored as received
+    rig.recorder.flush()
+    drain(rig.worker.prescorer)  # ends: the bad slice is not retried for ever
+    assert prescored(rig) == N - 1
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "not_analysed" and "undecodable" in row["reason"]
+    assert prescored(rig) == 0
+
+
+def test_one_batch_is_filled_across_studies_arriving_at_once(make_rig: Any) -> None:
+    rig = make_rig()
+    small = [make_study_spec(96 + i, n_slices=6) for i in range(2)]
+    for spec in small:
+        assert rig.send(list(iter_study_datasets(spec))) == [0] * 6
+    rig.recorder.flush()
+    assert rig.worker.prescorer.batch_size >= 12
+    assert rig.worker.prescorer.step()  # one step, one batch: both studies' slices
+    assert prescored(rig) == 12
+    with rig.worker.ctx.db.session() as s:
+        assert {st.prescore_owner for st in s.scalars(select(StudyRow))} == {
+            rig.worker.prescorer.owner
+        }
+    assert not rig.worker.prescorer.step()
