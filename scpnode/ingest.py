@@ -12,11 +12,12 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from scpnode import audit
@@ -48,10 +49,19 @@ def _is_marker(item: object) -> bool:
 class Recorder:
     """A queue plus one thread that applies records to the database in batches."""
 
-    def __init__(self, db: Database, batch_size: int = 200, linger_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        db: Database,
+        batch_size: int = 200,
+        linger_s: float = 0.05,
+        on_series_filled: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
         self.batch_size = batch_size
         self.linger_s = linger_s
+        # called after a batch in which a series reached the count its headers announce,
+        # so completion runs now instead of at the next timer tick
+        self.on_series_filled = on_series_filled
         self._queue: queue.Queue[object] = queue.Queue()
         self._assoc_ids: dict[int, int] = {}
         self._drops: dict[str, tuple[datetime | None, int]] = {}
@@ -120,6 +130,16 @@ class Recorder:
                         self.apply(session, record)
                 except Exception:
                     log.exception("record lost to the database (reconciled at next start)")
+        self._announce_filled(records)
+
+    def _announce_filled(self, records: list[Record]) -> None:
+        if self.on_series_filled is None:
+            return
+        try:
+            if _a_series_filled(self.db, records):
+                self.on_series_filled()
+        except Exception:  # the completion timer still runs
+            log.exception("could not check for a filled series")
 
     def apply(self, session: Session, record: Record, batch: InstanceBatch | None = None) -> None:
         if isinstance(record, AssociationOpened):
@@ -270,6 +290,25 @@ def _refused(session: Session, rec: InstanceRefused, assoc_id: int | None) -> No
         status=f"0x{rec.status:04X}",
         reason=rec.reason,
     )
+
+
+def _a_series_filled(db: Database, records: list[Record]) -> bool:
+    """Whether a series in this batch now holds the instances its headers announce
+    (ImagesInAcquisition): one grouped count, and only for batches that carry the number."""
+    expected: dict[str, int] = {}
+    for r in records:
+        if isinstance(r, InstanceReceived) and r.header.images_in_acquisition:
+            uid = r.header.series_uid
+            expected[uid] = max(expected.get(uid, 0), r.header.images_in_acquisition)
+    if not expected:
+        return False
+    with db.session() as session:
+        counts = session.execute(
+            select(InstanceRow.series_instance_uid, func.count())
+            .where(InstanceRow.series_instance_uid.in_(list(expected)))
+            .group_by(InstanceRow.series_instance_uid)
+        ).all()
+    return any(n >= expected[uid] for uid, n in counts)
 
 
 @dataclass

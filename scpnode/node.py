@@ -119,9 +119,10 @@ class Node:
             fsync=settings.storage.fsync,
         )
         self.db = open_database(settings)
-        self.recorder = Recorder(self.db)
-        self.scp = ReceiveServer(settings.node, self.spool, self.recorder.submit)
         self.scheduler = Scheduler(self.db, settings, self.spool, utcnow)
+        # a series that reached its announced count is swept at once, not at the next tick
+        self.recorder = Recorder(self.db, on_series_filled=self.scheduler.sweep_soon)
+        self.scp = ReceiveServer(settings.node, self.spool, self.recorder.submit)
         self.workers = WorkerPool(settings.worker.processes, settings.source)
         # the console in its own process: its pages and exports never share the SCP's GIL
         self.console = WorkerPool(int(settings.web.enabled), settings.source, "web")

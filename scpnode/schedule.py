@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -62,6 +62,14 @@ class Scheduler:
 
     def stop(self) -> None:
         self._scheduler.shutdown(wait=True)
+
+    def sweep_soon(self) -> None:
+        """Run the completion sweep now (a series just reached its announced count) rather
+        than at the next tick; thread-safe, and a sweep already running is not doubled."""
+        try:
+            self._scheduler.modify_job("completion", next_run_time=datetime.now(UTC))
+        except Exception:  # stopped or not started: the timer covers it
+            log.debug("completion sweep not brought forward", exc_info=True)
 
     def sweep(self) -> list[str]:
         try:

@@ -86,3 +86,30 @@ def test_a_streamed_series_is_few_transactions_with_exact_counts(tmp_path: Path)
     assert json.loads(released.detail)["instances"] == 61
     assert kinds.count("instance_duplicate") == 1 and kinds.count("instance_replaced") == 1
     db.dispose()
+
+
+def test_a_series_reaching_its_announced_count_brings_the_sweep_forward(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/audit.db")
+    db.upgrade()
+    kicks: list[int] = []
+    recorder = Recorder(db, on_series_filled=lambda: kicks.append(1))
+    recorder.start()
+
+    def announced(i: int) -> InstanceReceived:
+        rec = received(i)
+        return replace(rec, header=replace(rec.header, images_in_acquisition=3))
+
+    try:
+        for i in (1, 2):
+            recorder.submit(announced(i))
+        assert recorder.flush(30)
+        assert kicks == []  # two of three: the timer may wait
+        recorder.submit(announced(3))
+        assert recorder.flush(30)
+        assert kicks == [1]  # the third: sweep now
+        recorder.submit(received(4))  # no announced count: nothing to check
+        assert recorder.flush(30)
+        assert kicks == [1]
+    finally:
+        recorder.stop()
+    db.dispose()
