@@ -1,31 +1,51 @@
 """Inference benchmark: slices/s per zoo model, and what the node's path costs on top.
 
     .venv/bin/python bench/infer.py [--models ctnet10 vgg16 ...] [--device auto|cpu|cuda]
-                                    [--batch 16] [--slices 32] [--seconds 2] [--json]
+                                    [--precision auto|fp32|bf16] [--batch 16] [--slices 128]
+                                    [--seconds 1] [--repeats 3] [--threads N]
+                                    [--prepare-in-producer] [--json]
 
 For each model at its own input size (untrained weights: throughput does not depend on them):
 
 - **bare**: the forward pass alone on a ready ``[batch, 3, h, w]`` tensor (channels_last,
-  inference mode), fp32; on CUDA also under bf16 (fp16 where bf16 is missing) autocast;
-- **whole path**: what a worker does per series: DICOM decode to HU (``read_slices_hu``),
-  preprocessing (``hu_batch_to_input``), batching, forward, sigmoid (``engine.predict``), on
-  a synthetic series of ``--slices`` 512x512 slices written once;
-- **ratio**: whole-path seconds per slice / bare fp32 seconds per slice (1.0: the model is
-  all the cost; large: decode and preprocessing dominate).
+  inference mode), fp32, and under the serving precision's autocast when that is not fp32
+  (``--precision auto``: bf16 on CUDA, fp16 where bf16 is missing; fp32 on a CPU);
+- **stream**: the worker's path, ``infer.stream.score_series``: DICOM read → decode → HU →
+  window → crop → resize → batch a batch or two ahead in a producer thread, forward →
+  sigmoid in the serving precision in the model's thread, on a synthetic series of
+  ``--slices`` 512x512 slices written once;
+- **read+predict**: the same series through ``read_slices_hu`` (everything decoded first),
+  then ``predict``: no overlap between decode and the model;
+- **stream+prep** (``--prepare-in-producer``): a minimal producer/consumer of its own,
+  ``engine.prepare`` in the decoder thread and ``engine.score`` in the model's thread (the
+  what-if that ``score_series`` has followed since 2026-12-04; before, it preprocessed in
+  the model's thread), to compare against whatever ``score_series`` does;
+- **ratio**: stream slices/s / bare slices/s at the serving precision (1.0: the path adds
+  nothing to the forward; the node's target on CPU is >= 0.85 for CTnet-10).
 
+``--threads N`` sets torch's CPU threads (the forward's, and preprocessing's resize): on a
+CPU with more cores than N, decoding gets cores of its own.
+
+Runs are interleaved (bare, stream, read+predict, bare, ...) ``--repeats`` times and the
+median of each is reported: the machine's noise hits all of them alike.
 Synthetic data only; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import queue
+import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,8 +59,17 @@ from model_zoo.card import (
 )
 from model_zoo.registry import get_spec, names
 from scpnode.domain import ModelIdentity
-from scpnode.infer.dicom_slices import read_slices_hu
-from scpnode.infer.engine import LoadedModel, predict, resolve_device
+from scpnode.infer.dicom_slices import read_slice, read_slices_hu
+from scpnode.infer.engine import (
+    PRECISIONS,
+    LoadedModel,
+    predict,
+    prepare,
+    resolve_device,
+    resolve_precision,
+    score,
+)
+from scpnode.infer.stream import score_series
 from scpnode.synth import make_study_spec, write_study
 
 
@@ -58,7 +87,8 @@ def rate(fn: Callable[[], object], items: int, seconds: float, sync: Callable[[]
             return runs * items / elapsed
 
 
-def _loaded(name: str, device: torch.device) -> LoadedModel:
+def loaded(name: str, device: torch.device, precision: str = "fp32") -> LoadedModel:
+    """An untrained ``name`` set up as ``engine.load_model`` would serve it."""
     spec = get_spec(name)
     torch.manual_seed(0)
     module = spec.build().to(device).to(memory_format=torch.channels_last).eval()
@@ -70,50 +100,108 @@ def _loaded(name: str, device: torch.device) -> LoadedModel:
         synthetic=True, created_by="bench/infer.py",
     )  # fmt: skip
     identity = ModelIdentity(name, "bench", "0" * 64, synthetic=True, intended_use="benchmark")
-    return LoadedModel(module=module, spec=spec, card=card, device=device, identity=identity)
+    return LoadedModel(
+        module=module, spec=spec, card=card, device=device, identity=identity, precision=precision
+    )
+
+
+def stream_prepared(model: LoadedModel, paths: Sequence[Path], batch_size: int) -> np.ndarray:
+    """What-if: ``score_series`` with ``engine.prepare`` in the decoder thread (unordered)."""
+    batches: queue.Queue[object] = queue.Queue(maxsize=2)
+
+    def produce() -> None:
+        try:
+            for start in range(0, len(paths), batch_size):
+                hu = [read_slice(p)[0].hu for p in paths[start : start + batch_size]]
+                batches.put(prepare(model, hu))
+            batches.put(None)
+        except BaseException as exc:  # re-raised below
+            batches.put(exc)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    probs = []
+    while (item := batches.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        probs.append(score(model, item))  # type: ignore[arg-type]
+    producer.join()
+    return np.concatenate(probs)
 
 
 def bench_model(name: str, device: torch.device, paths: list[Path], args: argparse.Namespace
                 ) -> dict[str, object]:  # fmt: skip
-    model = _loaded(name, device)
+    precision = resolve_precision(args.precision, device)
+    model = loaded(name, device, precision)
     h, w = model.spec.input_size
     x = torch.rand(args.batch, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def forward() -> None:
-        with torch.inference_mode():
-            model.module(x)
-
-    row: dict[str, object] = {"model": name, "input": f"{h}x{w}", "device": str(device),
-                              "batch": args.batch}  # fmt: skip
-    row["bare_fp32"] = rate(forward, args.batch, args.seconds, sync)
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-        def forward_amp() -> None:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+    def bare(dtype: torch.dtype | None) -> Callable[[], None]:
+        def forward() -> None:
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
+                ),
+            ):
                 model.module(x)
 
-        row[f"bare_{str(dtype).split('.')[-1]}"] = rate(forward_amp, args.batch, args.seconds, sync)
+        return forward
 
-    def whole() -> None:
-        hu = [s.hu for s in read_slices_hu(paths)]
-        predict(model, hu, batch_size=args.batch)
-
-    row["whole_path"] = rate(whole, len(paths), args.seconds, sync)
-    row["ratio"] = float(row["bare_fp32"]) / float(row["whole_path"])  # type: ignore[arg-type]
+    runs: dict[str, Callable[[], object]] = {"bare_fp32": bare(None)}
+    if precision != "fp32":
+        runs[f"bare_{precision}"] = bare(torch.bfloat16 if precision == "bf16" else torch.float16)
+    runs["stream"] = lambda: score_series(model, paths, batch_size=args.batch)
+    runs["read_predict"] = lambda: predict(
+        model, [s.hu for s in read_slices_hu(paths)], batch_size=args.batch
+    )
+    if args.prepare_in_producer:
+        runs["stream_prep"] = lambda: stream_prepared(model, paths, args.batch)
+    items = {k: (args.batch if k.startswith("bare_") else len(paths)) for k in runs}
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for key, fn in runs.items():
+            samples[key].append(rate(fn, items[key], args.seconds, sync))
+    row: dict[str, object] = {
+        "model": name, "input": f"{h}x{w}", "device": str(device), "precision": precision,
+        "batch": args.batch, "slices": len(paths),
+    }  # fmt: skip
+    row.update({k: statistics.median(v) for k, v in samples.items()})
+    if precision != "fp32":  # how far the served probabilities move (untrained weights)
+        hu = [s.hu for s in read_slices_hu(paths[: args.batch])]
+        fp32 = predict(dataclasses.replace(model, precision="fp32"), hu, batch_size=args.batch)
+        row["max_abs_dp"] = float(np.abs(predict(model, hu, batch_size=args.batch) - fp32).max())
+    bare_rate = float(row[f"bare_{precision}"])  # type: ignore[arg-type]
+    row["ratio"] = float(row["stream"]) / bare_rate  # type: ignore[arg-type]
+    if "stream_prep" in row:
+        row["ratio_prep"] = float(row["stream_prep"]) / bare_rate  # type: ignore[arg-type]
+    row["samples"] = {k: [round(s, 1) for s in v] for k, v in samples.items()}
     return row
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    keys = [k for k in rows[0] if k.startswith("bare_")] if rows else []
-    head = ["model", "input", "device", *[f"{k} (slices/s)" for k in keys],
-            "whole path (slices/s)", "whole/bare time"]  # fmt: skip
+    bare = sorted(
+        {k for r in rows for k in r if k.startswith("bare_")}, key=lambda k: k != "bare_fp32"
+    )
+    head = ["model", "input", "device", "precision",
+            *[f"{k} (slices/s)" for k in bare],
+            "stream (slices/s)", "read+predict (slices/s)", "stream / bare"]  # fmt: skip
+    if any("stream_prep" in r for r in rows):
+        head[-1:-1] = ["stream+prep (slices/s)", "stream+prep / bare"]
+    dp = any("max_abs_dp" in r for r in rows)
+    if dp:
+        head.append("max abs Δp vs fp32")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r["model"]), str(r["input"]), str(r["device"])]
-        cells += [f"{float(r[k]):.1f}" for k in keys]  # type: ignore[arg-type]
-        cells += [f"{float(r['whole_path']):.1f}", f"{float(r['ratio']):.2f}"]  # type: ignore[arg-type]
+        cells = [str(r["model"]), str(r["input"]), str(r["device"]), str(r["precision"])]
+        cells += [f"{float(r[k]):.1f}" if k in r else "" for k in bare]  # type: ignore[arg-type]
+        cells += [f"{float(r[k]):.1f}" for k in ("stream", "read_predict")]  # type: ignore[arg-type]
+        if "stream_prep" in r:
+            cells += [f"{float(r['stream_prep']):.1f}", f"{float(r['ratio_prep']):.2f}"]  # type: ignore[arg-type]
+        cells.append(f"{float(r['ratio']):.2f}")  # type: ignore[arg-type]
+        if dp:
+            cells.append(f"{float(r['max_abs_dp']):.1e}" if "max_abs_dp" in r else "")  # type: ignore[arg-type]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -122,13 +210,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(names()))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--slices", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--slices", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--prepare-in-producer", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         spec = make_study_spec(3, covid=True, n_slices=args.slices)
         paths = write_study(spec, Path(tmp) / "series")
@@ -137,7 +231,12 @@ def main() -> None:
             rows.append(bench_model(name, device, paths, args))
             print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", file=sys.stderr)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"{where}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"batch {args.batch}, {args.slices} slices, median of {args.repeats}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,29 @@ def lung_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
 def _full_boxes(mask: np.ndarray, k: int) -> np.ndarray:
     """For every k x k window position (top-left), whether the mask is set in all of it.
 
-    The union of those windows is the morphological opening of the mask; computed with an
-    integral image, so it is O(H*W) whatever k is.
+    The union of those windows is the morphological opening of the mask. Computed as runs of
+    k set pixels along the rows, then runs of k such positions down the columns, each by
+    doubling (a run of 2L is two overlapping runs of L): a few boolean ANDs, whatever k is.
     """
-    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=ii[1:, 1:])
-    box = ii[k:, k:] - ii[:-k, k:] - ii[k:, :-k] + ii[:-k, :-k]
-    return box == k * k
+    return _runs(_runs(mask, k, axis=1), k, axis=0)
+
+
+def _runs(mask: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """``out[i] = all(mask[i : i + k])`` along ``axis`` (that axis shrinks by k - 1)."""
+
+    def head(a: np.ndarray, n: int) -> np.ndarray:  # all but the last n along axis
+        return a[:-n] if axis == 0 else a[:, :-n]
+
+    def tail(a: np.ndarray, n: int) -> np.ndarray:  # all but the first n along axis
+        return a[n:] if axis == 0 else a[:, n:]
+
+    run, length = mask, 1
+    while 2 * length <= k:
+        run = head(run, length) & tail(run, length)
+        length *= 2
+    if length < k:  # two runs of `length` overlapping by 2 * length - k cover k
+        run = head(run, k - length) & tail(run, k - length)
+    return run
 
 
 def body_box(
@@ -120,6 +136,23 @@ def _cut(img: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def _window_cut(
+    hu: np.ndarray, window: tuple[int, int, int], center: float, width: float
+) -> np.ndarray:
+    """``_cut(lung_window(hu, center, width), window)`` in one pass over the crop only: the
+    same float32 operations on the same pixels, so the same bits."""
+    top, left, side = window
+    out = np.zeros((side, side), dtype=np.float32)
+    sr0, sr1 = max(top, 0), min(top + side, hu.shape[0])
+    sc0, sc1 = max(left, 0), min(left + side, hu.shape[1])
+    part = out[sr0 - top : sr1 - top, sc0 - left : sc1 - left]
+    low = center - width / 2.0
+    np.subtract(np.asarray(hu[sr0:sr1, sc0:sc1], dtype=np.float32), np.float32(low), out=part)
+    np.divide(part, np.float32(width), out=part)
+    np.clip(part, 0.0, 1.0, out=part)
+    return out
+
+
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Antialiased bilinear resize on CPU; deterministic, so training and serving agree."""
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
@@ -169,8 +202,12 @@ def hu_to_image(
     hu = np.asarray(hu)
     if hu.ndim != 2:
         raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
-    img = lung_window(hu, window_center, window_width)
-    return _crop_resize(img, crop_window(hu, body_crop=body_crop), input_size)
+    window = crop_window(hu, body_crop=body_crop)
+    if window is None:
+        img = lung_window(hu, window_center, window_width)
+    else:  # window only the pixels inside the crop, straight into the padded square
+        img = _window_cut(hu, window, window_center, window_width)
+    return resize(img, (int(input_size[0]), int(input_size[1])))
 
 
 def image_to_input(
@@ -233,12 +270,16 @@ def normalise(image: np.ndarray, mean: Norm, std: Norm) -> np.ndarray:
     """Step 4: ``[..., h, w]`` window fractions → ``float32 [..., 3, h, w]``, grey replicated
     to the three channels the networks take, then ``(x - mean) / std`` per channel."""
     image = np.asarray(image, dtype=np.float32)
-    grey = np.expand_dims(image, axis=-3)
-    shape = (*image.shape[:-2], 3, *image.shape[-2:])
-    out = (np.broadcast_to(grey, shape) - _channel_vector(mean, "mean")) / (
-        _channel_vector(std, "std")
-    )
-    return out.astype(np.float32, copy=False)
+    out = np.empty((*image.shape[:-2], 3, *image.shape[-2:]), dtype=np.float32)
+    return _normalise_into(image, _channel_vector(mean, "mean"), _channel_vector(std, "std"), out)
+
+
+def _normalise_into(
+    image: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """:func:`normalise` written into ``out`` (float32 ops throughout: the same bits)."""
+    np.subtract(np.expand_dims(image, axis=-3), mean, out=out)
+    return np.divide(out, std, out=out)
 
 
 # --- lung-presence gate ---------------------------------------------------------------------
@@ -297,14 +338,11 @@ def hu_batch_to_input(
 ) -> np.ndarray:
     """Several slices → ``float32 [N, 3, h, w]``; each slice gets its own body crop."""
     out = np.empty((len(slices), 3, int(input_size[0]), int(input_size[1])), dtype=np.float32)
+    mean_vec, std_vec = _channel_vector(mean, "mean"), _channel_vector(std, "std")
     for i, hu in enumerate(slices):
-        out[i] = hu_to_input(
-            hu,
-            input_size,
-            window_center=window_center,
-            window_width=window_width,
-            mean=mean,
-            std=std,
+        image = hu_to_image(
+            hu, input_size, window_center=window_center, window_width=window_width,
             body_crop=body_crop,
-        )
+        )  # fmt: skip
+        _normalise_into(image, mean_vec, std_vec, out[i])
     return out

@@ -173,6 +173,7 @@ class ModelSettings(_Section):
     calibration: Literal["card", "none"] = "card"
     batch_size: int = Field(default=32, ge=1, le=4096)
     key_slices: int = Field(default=5, ge=1, le=50)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
 
     @field_validator("indeterminate")
     @classmethod

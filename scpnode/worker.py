@@ -184,7 +184,8 @@ def build_worker(settings: Settings) -> Worker:
     weights = resolve_weights(settings, train=False)
     card = load_checked_card(settings, weights)
     try:
-        model = load_model(settings.model.name, weights, resolve_device(settings.model.device))
+        model = load_model(settings.model.name, weights, resolve_device(settings.model.device),
+                           settings.model.precision)  # fmt: skip
     except DeviceError as exc:
         raise StartupError(f"model.device: {exc}") from None
     except (ModelLoadError, ValueError) as exc:
@@ -205,6 +206,7 @@ def build_worker(settings: Settings) -> Worker:
         extra={
             "model": model.identity.tag,
             "device": str(model.device),
+            "precision": model.precision,
             "synthetic": model.identity.synthetic,
             "warm_up_s": round(warm_s, 2),
         },

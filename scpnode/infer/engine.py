@@ -4,14 +4,21 @@ The engine is built once by the composition root (``load_model``) and passed to 
 It trusts nothing but the model card: the weights must hash to the card's SHA-256, are loaded
 with ``torch.load(weights_only=True)`` (no pickled code), and are fed exactly the preprocessing
 the card records, through the same function training used.
+
+Precision (``[model] precision``): on CUDA the forward runs under bf16 autocast (fp16 on cards
+without bf16) in channels_last, the tensor cores' format; on a CPU it stays fp32 unless bf16
+is asked for explicitly. Preprocessing is always fp32 on the CPU (the bits training saw);
+probabilities are always float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +38,38 @@ class DeviceError(ValueError):
 
 class ModelLoadError(ValueError):
     """Weights that cannot be served (wrong architecture, unreadable, mismatching card)."""
+
+
+#: values of ``[model] precision``
+PRECISIONS = ("auto", "fp32", "bf16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cuda_bf16(device: torch.device) -> bool:
+    """Whether the card computes in bf16 natively (Ampere and later), not by emulation."""
+    with torch.cuda.device(device):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation to exclude
+            return torch.cuda.is_bf16_supported()
+
+
+def resolve_precision(spec: str, device: torch.device | str) -> str:
+    """``auto`` | ``fp32`` | ``bf16`` on ``device`` → what the forward runs in: ``fp32``,
+    ``bf16`` or ``fp16`` (autocast).
+
+    ``auto`` is bf16 on a CUDA device, fp32 on a CPU (bf16 there is slower on most CPUs and
+    is used only when set explicitly). bf16 on a CUDA card without it becomes fp16.
+    """
+    text = spec.strip().lower()
+    if text not in PRECISIONS:
+        raise ValueError(f"model.precision must be one of {', '.join(PRECISIONS)}, got {spec!r}")
+    device = torch.device(device)
+    if text == "fp32" or (text == "auto" and device.type != "cuda"):
+        return "fp32"
+    if device.type == "cuda" and not _cuda_bf16(device):
+        return "fp16"
+    return "bf16"
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -63,13 +102,22 @@ def resolve_device(spec: str) -> torch.device:
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """A verified model on its device, with the card it is served under."""
+    """A verified model on its device, with the card it is served under.
+
+    ``precision`` is what :func:`predict` runs the forward in (``fp32``, ``bf16`` or
+    ``fp16`` autocast; see :func:`resolve_precision`); ``load_model`` resolves it.
+    """
 
     module: nn.Module
     spec: ModelSpec
     card: ModelCard
     device: torch.device
     identity: ModelIdentity
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision != "fp32" and self.precision not in _AUTOCAST:
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
 
 
 def _check_card(name: str, spec: ModelSpec, card: ModelCard, weights_path: Path) -> None:
@@ -102,14 +150,20 @@ def _read_state(weights_path: Path, card: ModelCard) -> tuple[dict, str]:
     return state, sha
 
 
-def load_model(name: str, weights_path: Path | str, device: torch.device | str) -> LoadedModel:
+def load_model(
+    name: str, weights_path: Path | str, device: torch.device | str, precision: str = "auto"
+) -> LoadedModel:
     """Build ``name`` from the registry and load verified weights onto ``device``.
+
+    ``precision`` is ``[model] precision`` (``auto`` | ``fp32`` | ``bf16``), resolved here for
+    the device (:func:`resolve_precision`); a bad value is a ValueError before any file is read.
 
     Raises ModelCardError (missing/malformed card), WeightsMismatch (hash differs),
     ModelLoadError (anything else that makes the weights unservable), UnknownModelError.
     """
     weights_path = Path(weights_path)
     device = resolve_device(device) if isinstance(device, str) else device
+    resolved = resolve_precision(precision, device)
     spec = get_spec(name)
     card = load_card(weights_path)
     _check_card(name, spec, card, weights_path)
@@ -127,7 +181,48 @@ def load_model(name: str, weights_path: Path | str, device: torch.device | str) 
         synthetic=card.synthetic,
         intended_use=card.intended_use,
     )
-    return LoadedModel(module=module, spec=spec, card=card, device=device, identity=identity)
+    return LoadedModel(
+        module=module, spec=spec, card=card, device=device, identity=identity, precision=resolved
+    )
+
+
+def prepare(model: LoadedModel, hu_slices: Sequence[np.ndarray]) -> np.ndarray:
+    """The card's preprocessing of HU slices: ``float32 [N, 3, h, w]`` on the CPU.
+
+    Pure numpy/torch-CPU work that releases the GIL for most of its time, so it may run in a
+    thread beside the one running :func:`score` (decode and resize overlap the forward).
+    """
+    pre = model.card.preprocessing
+    return hu_batch_to_input(
+        hu_slices,
+        model.card.input_size,
+        window_center=pre.window_center,
+        window_width=pre.window_width,
+        mean=pre.mean,
+        std=pre.std,
+        body_crop=pre.body_crop,
+    )
+
+
+def _autocast(model: LoadedModel) -> contextlib.AbstractContextManager[object]:
+    if model.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=_AUTOCAST[model.precision])
+
+
+def _logits(model: LoadedModel, batch: np.ndarray) -> torch.Tensor:
+    """Launch the forward of one prepared batch; the logits stay on the device (no sync)."""
+    x = torch.from_numpy(batch).to(model.device, non_blocking=True)
+    with _autocast(model):
+        logits = model.module(x.contiguous(memory_format=torch.channels_last))
+    return logits.reshape(-1)
+
+
+def score(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+    """Probabilities (float64) of one batch made by :func:`prepare`, in the model's precision."""
+    model.module.eval()
+    with torch.inference_mode():
+        return torch.sigmoid(_logits(model, batch).double()).cpu().numpy()
 
 
 def predict(
@@ -135,30 +230,33 @@ def predict(
 ) -> np.ndarray:
     """Slice probabilities (float64, one per slice, input order), preprocessed per the card.
 
-    Slices are preprocessed one batch at a time, so memory stays bounded by the batch size.
+    Slices are preprocessed one batch at a time, so memory stays bounded by the batch size;
+    with more than one batch, the next one is prepared in a helper thread while the model
+    scores the current one, and on CUDA nothing waits for the device until the last batch.
     """
-    pre, size = model.card.preprocessing, model.card.input_size
-    out = np.empty(len(hu_slices), dtype=np.float64)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks = [hu_slices[i : i + batch_size] for i in range(0, len(hu_slices), batch_size)]
+    if not chunks:
+        return np.empty(0, dtype=np.float64)
     model.module.eval()
-    with torch.inference_mode():
-        for start in range(0, len(hu_slices), batch_size):
-            batch = hu_batch_to_input(
-                hu_slices[start : start + batch_size],
-                size,
-                window_center=pre.window_center,
-                window_width=pre.window_width,
-                mean=pre.mean,
-                std=pre.std,
-                body_crop=pre.body_crop,
-            )
-            x = torch.from_numpy(batch).to(model.device, non_blocking=True)
-            logits = model.module(x.contiguous(memory_format=torch.channels_last))
-            probs = torch.sigmoid(logits.reshape(-1).double())
-            out[start : start + len(batch)] = probs.cpu().numpy()
-    return out
+    logits: list[torch.Tensor] = []
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
+        ahead = None
+        if len(chunks) > 1:
+            ahead = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="prepare"))
+        pending: Future[np.ndarray] | None = None
+        for i, chunk in enumerate(chunks):
+            batch = prepare(model, chunk) if pending is None else pending.result()
+            if ahead is not None and i + 1 < len(chunks):
+                pending = ahead.submit(prepare, model, chunks[i + 1])
+            logits.append(_logits(model, batch).float())
+        probs = torch.sigmoid(torch.cat(logits).double())
+    return probs.cpu().numpy()
 
 
 __all__ = [
+    "PRECISIONS",
     "DeviceError",
     "LoadedModel",
     "ModelCardError",
@@ -166,5 +264,8 @@ __all__ = [
     "WeightsMismatch",
     "load_model",
     "predict",
+    "prepare",
     "resolve_device",
+    "resolve_precision",
+    "score",
 ]

@@ -68,7 +68,7 @@ def grad_cam(
 
 def _feature_cams(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     """Grad-CAM maps on the feature grid (ReLU, not yet normalised), ``float32 [N, hf, wf]``."""
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), _full_fp32(model.device):
         x = torch.from_numpy(batch).to(model.device)  # not an inference tensor: made here
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         with _FeatureTap(model.module) as tap:
@@ -82,6 +82,21 @@ def _feature_cams(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * tap.feature.detach()).sum(dim=1))
     return cam.float().cpu().numpy()
+
+
+@contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """cuDNN convolutions without TF32 (on by default on Ampere and later): the heat map of a
+    few key slices costs nothing in full fp32 and then matches the CPU's."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 def _on_input_grid(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,11 +2,12 @@
 
 `read_slices_hu` + `predict` held every decoded slice of a series at once (a 1,000-slice CT
 is 1 GB of float32 HU) and left the model idle while files were read and decoded. Here a
-producer thread reads and decodes the next batches (file reads, the decoders and numpy
-release the GIL for much of that) while the model scores the current one; at most
-`prefetch` + 1 batches of pixels exist at a time, and only each slice's score (and, when
-asked, one per-slice measure such as the lung fraction of the lung gate) is kept. Slices
-are then put in anatomical order exactly as `read_slices_hu` orders them.
+producer thread reads, decodes and preprocesses the next batches (file reads, the decoders,
+numpy and the resize release the GIL for much of that) while the model scores the current
+one, so the consumer runs only the forward; at most `prefetch` + 1 batches exist at a time,
+and only each slice's score (and, when asked, one per-slice measure such as the lung
+fraction of the lung gate) is kept. Slices are then put in anatomical order exactly as
+`read_slices_hu` orders them.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from scpnode.infer.dicom_slices import SliceHU, order_along_normal, read_slice
-from scpnode.infer.engine import LoadedModel, predict
+from scpnode.infer.engine import LoadedModel, prepare, score
 
 _DONE = object()
+_NO_PIXELS = np.empty((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ def score_slices(
     batches: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     producer = threading.Thread(
-        target=_produce, args=(list(paths), batch_size, batches, stop), daemon=True,
-        name="slice-decoder",
+        target=_produce, args=(model, list(paths), batch_size, measure, batches, stop),
+        daemon=True, name="slice-decoder",
     )  # fmt: skip
     producer.start()
     placed: list[PlacedScore] = []
@@ -83,19 +85,26 @@ def score_slices(
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
-            chunk: list[tuple[SliceHU, float | None, float]] = item  # type: ignore[assignment]
-            hu = [s.hu for s, _, _ in chunk]
-            probs = predict(model, hu, batch_size=batch_size)
-            for (s, position, number), p, array in zip(chunk, probs, hu, strict=True):
-                kept = ScoredSlice(
-                    s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p),
-                    None if measure is None else float(measure(array)),
-                )  # fmt: skip
+            ready: _Prepared = item  # type: ignore[assignment]
+            probs = score(model, ready.batch)
+            for (s, position, number), p, m in zip(ready.slices, probs, ready.measures,
+                                                     strict=True):  # fmt: skip
+                kept = ScoredSlice(s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p), m)
                 placed.append(PlacedScore(kept, position, number))
     finally:
         stop.set()  # a producer still decoding or waiting on the full queue gives up
         producer.join()
     return placed
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One batch as the producer hands it over: the slices' identities, the model input
+    and the measures; the HU pixels are already dropped."""
+
+    slices: list[tuple[SliceHU, float | None, float]]
+    batch: np.ndarray
+    measures: list[float | None]
 
 
 def in_anatomical_order(placed: Sequence[PlacedScore]) -> list[ScoredSlice]:
@@ -109,14 +118,24 @@ def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:
 
 
 def _produce(
-    paths: list[Path], batch_size: int, batches: queue.Queue[object], stop: threading.Event
+    model: LoadedModel,
+    paths: list[Path],
+    batch_size: int,
+    measure: Callable[[np.ndarray], float] | None,
+    batches: queue.Queue[object],
+    stop: threading.Event,
 ) -> None:
-    """Decode batches ahead of the model; hand over an exception instead of raising it."""
+    """Decode and preprocess batches ahead of the model, so the consumer only runs the
+    forward; hand over an exception instead of raising it."""
     try:
         for start in range(0, len(paths), batch_size):
             if stop.is_set():
                 return
-            _offer([read_slice(p) for p in paths[start : start + batch_size]], batches, stop)
+            read = [read_slice(p) for p in paths[start : start + batch_size]]
+            hu = [s.hu for s, _, _ in read]
+            measures = [None if measure is None else float(measure(a)) for a in hu]
+            slim = [(replace(s, hu=_NO_PIXELS), position, n) for s, position, n in read]
+            _offer(_Prepared(slim, prepare(model, hu), measures), batches, stop)
         _offer(_DONE, batches, stop)
     except BaseException as exc:  # re-raised in the consumer
         _offer(exc, batches, stop)
