@@ -47,9 +47,10 @@ step() { # log, seconds, command...: run with a time limit into $OUT/log, note a
 }
 
 # all six models: fp32 and bf16 bare forward, the worker's path (score_series: decode and
-# preprocessing in the producer thread), read+predict; batch 64, a 256-slice series
-step gpu-infer.txt 240 "$PY" bench/infer.py --device cuda --batch 64 --slices 256 --seconds 1 \
-    --repeats 2
+# preprocessing in the producer thread; and with 8 decoder processes), read+predict; batch
+# 64, a 256-slice series
+step gpu-infer.txt 300 "$PY" bench/infer.py --device cuda --batch 64 --slices 256 --seconds 1 \
+    --repeats 2 --decode-processes 8
 
 # CUDA tests (and their CPU neighbours); no conftest: it needs the node's database stack
 step pytest.txt 120 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider \

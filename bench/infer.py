@@ -3,7 +3,7 @@
     .venv/bin/python bench/infer.py [--models ctnet10 vgg16 ...] [--device auto|cpu|cuda]
                                     [--precision auto|fp32|bf16] [--batch 16] [--slices 128]
                                     [--seconds 1] [--repeats 3] [--threads N]
-                                    [--prepare-in-producer] [--json]
+                                    [--decode-processes N] [--json]
 
 For each model at its own input size (untrained weights: throughput does not depend on them):
 
@@ -16,10 +16,8 @@ For each model at its own input size (untrained weights: throughput does not dep
   ``--slices`` 512x512 slices written once;
 - **read+predict**: the same series through ``read_slices_hu`` (everything decoded first),
   then ``predict``: no overlap between decode and the model;
-- **stream+prep** (``--prepare-in-producer``): a minimal producer/consumer of its own,
-  ``engine.prepare`` in the decoder thread and ``engine.score`` in the model's thread (the
-  what-if that ``score_series`` has followed since 2026-12-04; before, it preprocessed in
-  the model's thread), to compare against whatever ``score_series`` does;
+- **stream, decoder processes** (``--decode-processes N``): the same with
+  ``model.decode_processes = N``: N spawned processes read, decode and preprocess;
 - **ratio**: stream slices/s / bare slices/s at the serving precision (1.0: the path adds
   nothing to the forward; the node's target on CPU is >= 0.85 for CTnet-10).
 
@@ -36,13 +34,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import queue
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +55,14 @@ from model_zoo.card import (
 )
 from model_zoo.registry import get_spec, names
 from scpnode.domain import ModelIdentity
-from scpnode.infer.dicom_slices import read_slice, read_slices_hu
+from scpnode.infer.decoders import DecoderPool
+from scpnode.infer.dicom_slices import read_slices_hu
 from scpnode.infer.engine import (
     PRECISIONS,
     LoadedModel,
     predict,
-    prepare,
     resolve_device,
     resolve_precision,
-    score,
 )
 from scpnode.infer.stream import score_series
 from scpnode.synth import make_study_spec, write_study
@@ -105,34 +100,16 @@ def loaded(name: str, device: torch.device, precision: str = "fp32") -> LoadedMo
     )
 
 
-def stream_prepared(model: LoadedModel, paths: Sequence[Path], batch_size: int) -> np.ndarray:
-    """What-if: ``score_series`` with ``engine.prepare`` in the decoder thread (unordered)."""
-    batches: queue.Queue[object] = queue.Queue(maxsize=2)
-
-    def produce() -> None:
-        try:
-            for start in range(0, len(paths), batch_size):
-                hu = [read_slice(p)[0].hu for p in paths[start : start + batch_size]]
-                batches.put(prepare(model, hu))
-            batches.put(None)
-        except BaseException as exc:  # re-raised below
-            batches.put(exc)
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    probs = []
-    while (item := batches.get()) is not None:
-        if isinstance(item, BaseException):
-            raise item
-        probs.append(score(model, item))  # type: ignore[arg-type]
-    producer.join()
-    return np.concatenate(probs)
-
-
-def bench_model(name: str, device: torch.device, paths: list[Path], args: argparse.Namespace
-                ) -> dict[str, object]:  # fmt: skip
+def bench_model(name: str, device: torch.device, paths: list[Path], args: argparse.Namespace,
+                pools: dict[tuple[int, ...], DecoderPool]) -> dict[str, object]:  # fmt: skip
     precision = resolve_precision(args.precision, device)
     model = loaded(name, device, precision)
+    pool = None
+    if args.decode_processes:  # one pool per input size, started once
+        size = tuple(model.card.input_size)
+        if size not in pools:
+            pools[size] = DecoderPool(model.card, args.decode_processes)
+        pool = pools[size]
     h, w = model.spec.input_size
     x = torch.rand(args.batch, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -156,8 +133,9 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
     runs["read_predict"] = lambda: predict(
         model, [s.hu for s in read_slices_hu(paths)], batch_size=args.batch
     )
-    if args.prepare_in_producer:
-        runs["stream_prep"] = lambda: stream_prepared(model, paths, args.batch)
+    if pool is not None:
+        runs["stream_pool"] = lambda: score_series(model, paths, batch_size=args.batch,
+                                                   decoders=pool)  # fmt: skip
     items = {k: (args.batch if k.startswith("bare_") else len(paths)) for k in runs}
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
@@ -174,8 +152,8 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
         row["max_abs_dp"] = float(np.abs(predict(model, hu, batch_size=args.batch) - fp32).max())
     bare_rate = float(row[f"bare_{precision}"])  # type: ignore[arg-type]
     row["ratio"] = float(row["stream"]) / bare_rate  # type: ignore[arg-type]
-    if "stream_prep" in row:
-        row["ratio_prep"] = float(row["stream_prep"]) / bare_rate  # type: ignore[arg-type]
+    if "stream_pool" in row:
+        row["ratio_pool"] = float(row["stream_pool"]) / bare_rate  # type: ignore[arg-type]
     row["samples"] = {k: [round(s, 1) for s in v] for k, v in samples.items()}
     return row
 
@@ -187,8 +165,8 @@ def table(rows: list[dict[str, object]]) -> str:
     head = ["model", "input", "device", "precision",
             *[f"{k} (slices/s)" for k in bare],
             "stream (slices/s)", "read+predict (slices/s)", "stream / bare"]  # fmt: skip
-    if any("stream_prep" in r for r in rows):
-        head[-1:-1] = ["stream+prep (slices/s)", "stream+prep / bare"]
+    if any("stream_pool" in r for r in rows):
+        head[-1:-1] = ["stream, decoder processes (slices/s)", "that / bare"]
     dp = any("max_abs_dp" in r for r in rows)
     if dp:
         head.append("max abs Δp vs fp32")
@@ -197,8 +175,8 @@ def table(rows: list[dict[str, object]]) -> str:
         cells = [str(r["model"]), str(r["input"]), str(r["device"]), str(r["precision"])]
         cells += [f"{float(r[k]):.1f}" if k in r else "" for k in bare]  # type: ignore[arg-type]
         cells += [f"{float(r[k]):.1f}" for k in ("stream", "read_predict")]  # type: ignore[arg-type]
-        if "stream_prep" in r:
-            cells += [f"{float(r['stream_prep']):.1f}", f"{float(r['ratio_prep']):.2f}"]  # type: ignore[arg-type]
+        if "stream_pool" in r:
+            cells += [f"{float(r['stream_pool']):.1f}", f"{float(r['ratio_pool']):.2f}"]  # type: ignore[arg-type]
         cells.append(f"{float(r['ratio']):.2f}")  # type: ignore[arg-type]
         if dp:
             cells.append(f"{float(r['max_abs_dp']):.1e}" if "max_abs_dp" in r else "")  # type: ignore[arg-type]
@@ -216,7 +194,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--prepare-in-producer", action="store_true")
+    parser.add_argument("--decode-processes", type=int, default=0,
+                        help="also time the path with this many decoder processes")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -227,9 +206,14 @@ def main() -> None:
         spec = make_study_spec(3, covid=True, n_slices=args.slices)
         paths = write_study(spec, Path(tmp) / "series")
         rows = []
-        for name in args.models:
-            rows.append(bench_model(name, device, paths, args))
-            print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
+        pools: dict[tuple[int, ...], DecoderPool] = {}
+        try:
+            for name in args.models:
+                rows.append(bench_model(name, device, paths, args, pools))
+                print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
+        finally:
+            for pool in pools.values():
+                pool.close()
     print(json.dumps(rows, indent=2) if args.json else table(rows))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(

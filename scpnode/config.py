@@ -174,6 +174,7 @@ class ModelSettings(_Section):
     batch_size: int = Field(default=32, ge=1, le=4096)
     key_slices: int = Field(default=5, ge=1, le=50)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
+    decode_processes: int = Field(default=0, ge=0, le=64)  # 0: one decoder thread per worker
 
     @field_validator("indeterminate")
     @classmethod

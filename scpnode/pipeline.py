@@ -42,6 +42,7 @@ from scpnode.domain import (
     StudyState,
 )
 from scpnode.extras import build_extras
+from scpnode.infer.decoders import DecoderPool
 from scpnode.infer.dicom_slices import SliceReadError, read_slice
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import ScoredSlice, in_anatomical_order, score_slices
@@ -65,6 +66,7 @@ class PipelineContext:
     node: NodeIdentity
     rules: scope.ScopeRules
     clock: Callable[[], datetime]
+    decoders: DecoderPool | None = None  # `model.decode_processes` > 0
 
     @property
     def rule(self) -> StudyRule:
@@ -169,7 +171,8 @@ def _analyse(
     slices = in_anatomical_order([
         *ready.values(),
         *score_slices(ctx.model, rest, batch_size=ctx.settings.model.batch_size,
-                      measure=lung_fraction if rule.lung_gate else None),
+                      measure=lung_fraction if rule.lung_gate else None,
+                      decoders=ctx.decoders),
     ])  # fmt: skip
     scores = [
         SliceScore(s.sop_instance_uid, s.sop_class_uid, i, s.z, s.probability)

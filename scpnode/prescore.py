@@ -30,6 +30,7 @@ from scpnode.db import Database
 from scpnode.db.models import InstanceRow, PrescoreRow, StudyRow
 from scpnode.db.session import rowcount, writer_lock
 from scpnode.domain import StudyState
+from scpnode.infer.decoders import DecoderPool
 from scpnode.infer.dicom_slices import SliceReadError
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import PlacedScore, ScoredSlice, score_slices
@@ -110,6 +111,7 @@ class Prescorer:
         measure: Callable[[np.ndarray], float] | None,
         lease_s: float = 10.0,
         threads: int | None = None,
+        decoders: DecoderPool | None = None,
     ) -> None:
         self.db, self.model, self.owner, self.clock = db, model, owner, clock
         # a series still arriving may be shorter than the minimum it must reach at completion
@@ -117,6 +119,7 @@ class Prescorer:
         self.batch_size, self.measure, self.lease_s = batch_size, measure, lease_s
         # CPU: score ahead on fewer threads than a job, so the SCP keeps a core for the scanner
         self.threads = threads
+        self.decoders = decoders
         self.watching = False  # some study is still arriving: the worker polls faster
         self._unreadable: set[tuple[int, str]] = set()  # (instance id, sha256): left to the job
         self._caught_up: dict[int, datetime] = {}  # study id → last_received_at when all scored
@@ -133,7 +136,8 @@ class Prescorer:
         try:
             with _threads(self.threads):
                 placed = score_slices(self.model, [Path(r.path) for r in rows],
-                                      batch_size=self.batch_size, measure=self.measure)  # fmt: skip
+                                      batch_size=self.batch_size, measure=self.measure,
+                                      decoders=self.decoders)  # fmt: skip
         except SliceReadError as exc:
             bad = [r for r in rows if Path(r.path) == exc.path] or rows[:1]
             self._unreadable.update((r.id, r.sha256) for r in bad)

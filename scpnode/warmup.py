@@ -17,6 +17,7 @@ from pathlib import Path
 
 from scpnode.aggregate import aggregate
 from scpnode.domain import NodeIdentity, SliceScore
+from scpnode.infer.decoders import DecoderPool
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import score_series
 from scpnode.report import build_result_sr, sr_to_bytes
@@ -26,16 +27,19 @@ from scpnode.uids import derive_uid
 log = logging.getLogger(__name__)
 
 
-def warm_up(model: LoadedModel, node: NodeIdentity, batch_size: int) -> float:
-    """Run one synthetic study of `batch_size` slices through scoring and SR building;
-    returns the seconds it took. Never raises: a failed warm-up only costs the speed-up."""
+def warm_up(
+    model: LoadedModel, node: NodeIdentity, batch_size: int, decoders: DecoderPool | None = None
+) -> float:
+    """Run one synthetic study of `batch_size` slices through scoring and SR building (and
+    the decoder processes, which start here); returns the seconds it took. Never raises: a
+    failed warm-up only costs the speed-up."""
     import pydicom
 
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="scpnode-warmup-") as tmp:
             paths = write_study(make_study_spec(0, n_slices=max(1, batch_size)), Path(tmp))
-            scored = score_series(model, paths, batch_size=batch_size)
+            scored = score_series(model, paths, batch_size=batch_size, decoders=decoders)
             scores = [SliceScore(s.sop_instance_uid, s.sop_class_uid, i, s.z, s.probability)
                       for i, s in enumerate(scored)]  # fmt: skip
             result = aggregate(scores, threshold=0.5)

@@ -81,6 +81,8 @@ class Worker:
                 stop.wait(self._idle_wait())
         self._deliver_now.set()
         sender.join(timeout=60)
+        if self.ctx.decoders is not None:
+            self.ctx.decoders.close()
 
     def _prescore(self) -> bool:
         """Between jobs, score slices of studies still arriving; errors only cost time."""
@@ -190,7 +192,13 @@ def build_worker(settings: Settings) -> Worker:
         raise StartupError(f"model.device: {exc}") from None
     except (ModelLoadError, ValueError) as exc:
         raise StartupError(f"model.weights: {exc}") from None
+    decoders = None
+    if settings.model.decode_processes:
+        from scpnode.infer.decoders import DecoderPool
+
+        decoders = DecoderPool(model.card, settings.model.decode_processes)
     ctx = PipelineContext(
+        decoders=decoders,
         db=db,
         settings=settings,
         model=model,
@@ -200,13 +208,14 @@ def build_worker(settings: Settings) -> Worker:
     )
     from scpnode.warmup import warm_up
 
-    warm_s = warm_up(model, ctx.node, settings.model.batch_size)
+    warm_s = warm_up(model, ctx.node, settings.model.batch_size, decoders)
     log.info(
         "worker ready",
         extra={
             "model": model.identity.tag,
             "device": str(model.device),
             "precision": model.precision,
+            "decode_processes": settings.model.decode_processes,
             "synthetic": model.identity.synthetic,
             "warm_up_s": round(warm_s, 2),
         },
@@ -218,5 +227,5 @@ def build_worker(settings: Settings) -> Worker:
         prescorer = Prescorer(db, model, ctx.rules, owner=process_owner(), clock=utcnow,
                               batch_size=settings.model.batch_size,
                               measure=lung_fraction if ctx.rule.lung_gate else None,
-                              threads=prescore_threads(model))  # fmt: skip
+                              threads=prescore_threads(model), decoders=decoders)  # fmt: skip
     return Worker(ctx, make_deliverer(db, settings), prescorer=prescorer)

@@ -30,6 +30,9 @@ class SliceReadError(Exception):
         self.path = Path(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[SliceReadError], tuple[Path, str]]:
+        return (SliceReadError, (self.path, self.reason))  # raised in a decoder process
+
 
 @dataclass(frozen=True, eq=False)
 class SliceHU:

@@ -192,10 +192,15 @@ def prepare(model: LoadedModel, hu_slices: Sequence[np.ndarray]) -> np.ndarray:
     Pure numpy/torch-CPU work that releases the GIL for most of its time, so it may run in a
     thread beside the one running :func:`score` (decode and resize overlap the forward).
     """
-    pre = model.card.preprocessing
+    return prepare_for_card(model.card, hu_slices)
+
+
+def prepare_for_card(card: ModelCard, hu_slices: Sequence[np.ndarray]) -> np.ndarray:
+    """`prepare` from the card alone: what a decoder process, which holds no model, runs."""
+    pre = card.preprocessing
     return hu_batch_to_input(
         hu_slices,
-        model.card.input_size,
+        card.input_size,
         window_center=pre.window_center,
         window_width=pre.window_width,
         mean=pre.mean,
@@ -265,6 +270,7 @@ __all__ = [
     "load_model",
     "predict",
     "prepare",
+    "prepare_for_card",
     "resolve_device",
     "resolve_precision",
     "score",

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scpnode.infer.dicom_slices import SliceHU, order_along_normal, read_slice
-from scpnode.infer.engine import LoadedModel, prepare, score
+from scpnode.infer.decoders import DecoderPool, Prepared, prepare_paths
+from scpnode.infer.dicom_slices import order_along_normal
+from scpnode.infer.engine import LoadedModel, score
 
 _DONE = object()
-_NO_PIXELS = np.empty((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,15 @@ def score_series(
     batch_size: int = 32,
     measure: Callable[[np.ndarray], float] | None = None,
     prefetch: int = 2,
+    decoders: DecoderPool | None = None,
 ) -> list[ScoredSlice]:
     """Every slice's probability (and `measure` of its HU array), in anatomical order.
 
     Raises `SliceReadError` for the first file that cannot become a slice, like
     `read_slices_hu`; the producer thread is stopped and joined before returning.
     """
-    placed = score_slices(model, paths, batch_size=batch_size, measure=measure, prefetch=prefetch)
+    placed = score_slices(model, paths, batch_size=batch_size, measure=measure,
+                          prefetch=prefetch, decoders=decoders)  # fmt: skip
     return in_anatomical_order(placed)
 
 
@@ -71,40 +75,71 @@ def score_slices(
     batch_size: int = 32,
     measure: Callable[[np.ndarray], float] | None = None,
     prefetch: int = 2,
+    decoders: DecoderPool | None = None,
 ) -> list[PlacedScore]:
-    """`score_series` without the ordering, in input order: for scoring part of a series."""
+    """`score_series` without the ordering, in input order: for scoring part of a series.
+
+    With `decoders`, batches are read, decoded and preprocessed by those processes (up to
+    `prefetch` + their number of batches ahead) instead of by one thread.
+    """
+    placed: list[PlacedScore] = []
+    for ready in _prepared_batches(model, list(paths), batch_size, measure, prefetch, decoders):
+        probs = score(model, ready.batch)
+        for (s, position, number), p, m in zip(ready.slices, probs, ready.measures,
+                                                 strict=True):  # fmt: skip
+            kept = ScoredSlice(s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p), m)
+            placed.append(PlacedScore(kept, position, number))
+    return placed
+
+
+def _prepared_batches(
+    model: LoadedModel,
+    paths: list[Path],
+    batch_size: int,
+    measure: Callable[[np.ndarray], float] | None,
+    prefetch: int,
+    decoders: DecoderPool | None,
+) -> Iterator[Prepared]:
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    if decoders is not None:
+        yield from _from_processes(decoders, chunks, measure, prefetch + decoders.processes)
+        return
     batches: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
     producer = threading.Thread(
-        target=_produce, args=(model, list(paths), batch_size, measure, batches, stop),
+        target=_produce, args=(model, chunks, measure, batches, stop),
         daemon=True, name="slice-decoder",
     )  # fmt: skip
     producer.start()
-    placed: list[PlacedScore] = []
     try:
         while (item := batches.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
-            ready: _Prepared = item  # type: ignore[assignment]
-            probs = score(model, ready.batch)
-            for (s, position, number), p, m in zip(ready.slices, probs, ready.measures,
-                                                     strict=True):  # fmt: skip
-                kept = ScoredSlice(s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p), m)
-                placed.append(PlacedScore(kept, position, number))
+            yield item  # type: ignore[misc]
     finally:
         stop.set()  # a producer still decoding or waiting on the full queue gives up
         producer.join()
-    return placed
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """One batch as the producer hands it over: the slices' identities, the model input
-    and the measures; the HU pixels are already dropped."""
-
-    slices: list[tuple[SliceHU, float | None, float]]
-    batch: np.ndarray
-    measures: list[float | None]
+def _from_processes(
+    decoders: DecoderPool,
+    chunks: list[list[Path]],
+    measure: Callable[[np.ndarray], float] | None,
+    ahead: int,
+) -> Iterator[Prepared]:
+    """Batches in order, at most `ahead` of them submitted beyond the one being scored."""
+    pending: deque[Future[Prepared]] = deque()
+    queued = iter(chunks)
+    try:
+        for chunk in queued:
+            pending.append(decoders.submit(chunk, measure))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def in_anatomical_order(placed: Sequence[PlacedScore]) -> list[ScoredSlice]:
@@ -119,8 +154,7 @@ def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:
 
 def _produce(
     model: LoadedModel,
-    paths: list[Path],
-    batch_size: int,
+    chunks: list[list[Path]],
     measure: Callable[[np.ndarray], float] | None,
     batches: queue.Queue[object],
     stop: threading.Event,
@@ -128,14 +162,10 @@ def _produce(
     """Decode and preprocess batches ahead of the model, so the consumer only runs the
     forward; hand over an exception instead of raising it."""
     try:
-        for start in range(0, len(paths), batch_size):
+        for chunk in chunks:
             if stop.is_set():
                 return
-            read = [read_slice(p) for p in paths[start : start + batch_size]]
-            hu = [s.hu for s, _, _ in read]
-            measures = [None if measure is None else float(measure(a)) for a in hu]
-            slim = [(replace(s, hu=_NO_PIXELS), position, n) for s, position, n in read]
-            _offer(_Prepared(slim, prepare(model, hu), measures), batches, stop)
+            _offer(prepare_paths(model.card, chunk, measure), batches, stop)
         _offer(_DONE, batches, stop)
     except BaseException as exc:  # re-raised in the consumer
         _offer(exc, batches, stop)

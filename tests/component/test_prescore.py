@@ -182,3 +182,29 @@ def test_one_batch_is_filled_across_studies_arriving_at_once(make_rig: Any) -> N
             rig.worker.prescorer.owner
         }
     assert not rig.worker.prescorer.step()
+
+
+def test_decoder_processes_serve_scoring_ahead_and_the_job(make_rig: Any) -> None:
+    """`model.decode_processes = 2`: the worker's pool is used by both paths."""
+    from scpnode.worker import build_worker
+
+    rig = make_rig()
+    model = rig.settings.model.model_copy(update={"decode_processes": 2})
+    worker = build_worker(rig.settings.model_copy(update={"model": model}))
+    assert worker.ctx.decoders is not None and worker.prescorer.decoders is worker.ctx.decoders
+    try:
+        spec = make_study_spec(98, n_slices=N)
+        datasets = list(iter_study_datasets(spec))
+        assert rig.send(datasets[: N // 2]) == [0] * (N // 2)
+        rig.recorder.flush()
+        drain(worker.prescorer)
+        assert prescored(rig) == N // 2
+        assert rig.send(datasets[N // 2 :]) == [0] * (N - N // 2)
+        rig.recorder.flush()
+        sweep_completions(worker.ctx.db, utcnow() + timedelta(seconds=5), grace_s=1,
+                          idle_timeout_s=60)  # fmt: skip
+        assert worker.run_burst() == 1  # the other half scored by the pool at completion
+        assert rig.studies()[spec.study_instance_uid]["status"] == "delivered"
+        assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N // 2
+    finally:
+        worker.ctx.decoders.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scpnode.infer import stream
+from scpnode.infer import decoders, engine, stream
 from scpnode.infer.dicom_slices import SliceReadError, read_slice, read_slices_hu
 from scpnode.infer.engine import load_model, predict
 from tests.unit.test_dicom_slices import hu_image, write_ct
@@ -46,21 +46,23 @@ def test_at_most_a_few_batches_are_decoded_at_once(
 ) -> None:
     model = load_model("ctnet10", weights, "cpu")
     paths = series(tmp_path, 24)
-    decoded, measured, most_ahead = [0], [0], [0]
+    decoded, scored, most_ahead = [0], [0], [0]
 
     def counting_read(path: Path):  # type: ignore[no-untyped-def]
         decoded[0] += 1
-        most_ahead[0] = max(most_ahead[0], decoded[0] - measured[0])
+        most_ahead[0] = max(most_ahead[0], decoded[0] - scored[0])
         return read_slice(path)
 
-    def measure(hu: np.ndarray) -> float:
-        measured[0] += 1
-        return 0.0
+    def counting_score(model, batch):  # type: ignore[no-untyped-def]
+        scored[0] += len(batch)
+        return engine.score(model, batch)
 
-    monkeypatch.setattr(stream, "read_slice", counting_read)
-    got = stream.score_series(model, paths, batch_size=3, measure=measure, prefetch=1)
-    assert len(got) == 24
-    # the batch being scored, one waiting in the queue, one being decoded: never the series
+    monkeypatch.setattr(decoders, "read_slice", counting_read)
+    monkeypatch.setattr(stream, "score", counting_score)
+    got = stream.score_series(model, paths, batch_size=3, prefetch=1)
+    assert len(got) == 24 and scored[0] == 24
+    # one batch just taken for scoring, one waiting in the queue, one being decoded: never
+    # the series
     assert most_ahead[0] <= 3 * 3, f"{most_ahead[0]} slices decoded ahead of the model"
 
 
@@ -72,3 +74,30 @@ def test_a_broken_file_raises_and_leaves_no_thread(tmp_path: Path, weights: Path
         stream.score_series(model, sorted(paths), batch_size=2)
     assert caught.value.path.name == "s4.dcm"
     assert not [t for t in threading.enumerate() if t.name == "slice-decoder"]
+
+
+def test_decoder_processes_give_the_same_scores_and_errors(tmp_path: Path, weights: Path) -> None:  # noqa: F811
+    """`model.decode_processes`: spawned processes read, decode and preprocess; the numbers
+    and the SliceReadError (path and reason) are those of the in-thread path."""
+    from model_zoo.preprocess import lung_fraction
+
+    model = load_model("ctnet10", weights, "cpu")
+    paths = series(tmp_path, 10)
+    pool = decoders.DecoderPool(model.card, 2)
+    try:
+        alone = stream.score_series(model, paths, batch_size=3, measure=lung_fraction)
+        pooled = stream.score_series(model, paths, batch_size=3, measure=lung_fraction,
+                                     decoders=pool)  # fmt: skip
+        assert [s.sop_instance_uid for s in pooled] == [s.sop_instance_uid for s in alone]
+        np.testing.assert_array_equal([s.probability for s in pooled],
+                                      [s.probability for s in alone])  # fmt: skip
+        assert [s.measure for s in pooled] == [s.measure for s in alone]
+        assert [s.z for s in pooled] == [s.z for s in alone]
+        (tmp_path / "s4.dcm").write_bytes(b"not dicom at all")
+        with pytest.raises(SliceReadError) as caught:
+            stream.score_series(model, sorted(paths), batch_size=2, decoders=pool)
+        assert caught.value.path.name == "s4.dcm" and "not a readable DICOM" in caught.value.reason
+        good = [p for p in paths if p.name != "s4.dcm"]
+        assert len(stream.score_series(model, good, batch_size=4, decoders=pool)) == 9
+    finally:
+        pool.close()
