@@ -123,7 +123,6 @@ class Prescorer:
         self.watching = False  # some study is still arriving: the worker polls faster
         self._unreadable: set[tuple[int, str]] = set()  # (instance id, sha256): left to the job
         self._caught_up: dict[int, datetime] = {}  # study id → last_received_at when all scored
-        self.scored = 0
 
     def step(self) -> bool:
         """Score one batch of waiting slices, from one study or several (a batch is filled
@@ -146,7 +145,6 @@ class Prescorer:
             return True
         by_path = {p.slice.path: p for p in placed}
         stored = sum(self._store(t, [by_path[Path(r.path)] for r in t.rows]) for t in tasks)
-        self.scored += stored
         seconds = round(time.perf_counter() - started, 3)
         log.debug("scored ahead", extra={"studies": len(tasks), "slices": stored,
                                          "seconds": seconds})  # fmt: skip
