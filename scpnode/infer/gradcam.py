@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_zoo.preprocess import crop_window, hu_batch_to_input, resize
-from scpnode.infer.engine import LoadedModel
+from model_zoo.preprocess import crop_window, resize
+from scpnode.infer.engine import LoadedModel, prepare_for_card
 
 Window = tuple[int, int, int]  # (top, left, side) of the square crop, in slice pixels
 
@@ -49,15 +49,7 @@ def grad_cam(
     with _eval_mode(model.module):
         for start in range(0, len(hu_slices), batch_size):
             chunk = hu_slices[start : start + batch_size]
-            batch = hu_batch_to_input(
-                chunk,
-                size,
-                window_center=pre.window_center,
-                window_width=pre.window_width,
-                mean=pre.mean,
-                std=pre.std,
-                body_crop=pre.body_crop,
-            )
+            batch = prepare_for_card(model.card, chunk)
             cams = _feature_cams(model, batch)
             for hu, cam in zip(chunk, cams, strict=True):
                 hu = np.asarray(hu)
