@@ -3,7 +3,7 @@
     .venv/bin/python bench/infer.py [--models ctnet10 vgg16 ...] [--device auto|cpu|cuda]
                                     [--precision auto|fp32|bf16] [--batch 16] [--slices 128]
                                     [--seconds 1] [--repeats 3] [--threads N]
-                                    [--decode-processes N] [--json]
+                                    [--decode-processes N] [--lung-gate] [--json]
 
 For each model at its own input size (untrained weights: throughput does not depend on them):
 
@@ -20,6 +20,9 @@ For each model at its own input size (untrained weights: throughput does not dep
   ``model.decode_processes = N``: N spawned processes read, decode and preprocess;
 - **ratio**: stream slices/s / bare slices/s at the serving precision (1.0: the path adds
   nothing to the forward; the node's target on CPU is >= 0.85 for CTnet-10).
+
+``--lung-gate`` also measures each slice's lung fraction on the stream and read+predict
+paths, as the worker does for a card whose aggregation has the lung gate (the demo's).
 
 ``--threads N`` sets torch's CPU threads (the forward's, and preprocessing's resize): on a
 CPU with more cores than N, decoding gets cores of its own.
@@ -53,6 +56,7 @@ from model_zoo.card import (
     Preprocessing,
     TrainingData,
 )
+from model_zoo.preprocess import lung_fraction
 from model_zoo.registry import get_spec, names
 from scpnode.domain import ModelIdentity
 from scpnode.infer.decoders import DecoderPool
@@ -129,13 +133,19 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
     runs: dict[str, Callable[[], object]] = {"bare_fp32": bare(None)}
     if precision != "fp32":
         runs[f"bare_{precision}"] = bare(torch.bfloat16 if precision == "bf16" else torch.float16)
-    runs["stream"] = lambda: score_series(model, paths, batch_size=args.batch)
-    runs["read_predict"] = lambda: predict(
-        model, [s.hu for s in read_slices_hu(paths)], batch_size=args.batch
-    )
+    measure = lung_fraction if args.lung_gate else None
+
+    def read_predict() -> object:
+        hu = [s.hu for s in read_slices_hu(paths)]
+        for a in hu if measure is not None else ():
+            measure(a)
+        return predict(model, hu, batch_size=args.batch)
+
+    runs["stream"] = lambda: score_series(model, paths, batch_size=args.batch, measure=measure)
+    runs["read_predict"] = read_predict
     if pool is not None:
         runs["stream_pool"] = lambda: score_series(model, paths, batch_size=args.batch,
-                                                   decoders=pool)  # fmt: skip
+                                                   measure=measure, decoders=pool)  # fmt: skip
     items = {k: (args.batch if k.startswith("bare_") else len(paths)) for k in runs}
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
@@ -143,7 +153,7 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
             samples[key].append(rate(fn, items[key], args.seconds, sync))
     row: dict[str, object] = {
         "model": name, "input": f"{h}x{w}", "device": str(device), "precision": precision,
-        "batch": args.batch, "slices": len(paths),
+        "batch": args.batch, "slices": len(paths), "lung_gate": args.lung_gate,
     }  # fmt: skip
     row.update({k: statistics.median(v) for k, v in samples.items()})
     if precision != "fp32":  # how far the served probabilities move (untrained weights)
@@ -196,6 +206,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--decode-processes", type=int, default=0,
                         help="also time the path with this many decoder processes")  # fmt: skip
+    parser.add_argument("--lung-gate", action="store_true",
+                        help="measure the lung fraction per slice (demo card)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -218,7 +230,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"{where}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"batch {args.batch}, {args.slices} slices, median of {args.repeats}",
+        f"batch {args.batch}, {args.slices} slices, median of {args.repeats}"
+        f"{', lung gate' if args.lung_gate else ''}",
         file=sys.stderr,
     )
 

@@ -20,6 +20,7 @@ gate the study aggregation uses (slices above and below the lungs do not vote).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -34,6 +35,11 @@ OPENING_FRACTION = 0.03
 CROP_MARGIN = 0.05
 
 Norm = float | Sequence[float]
+#: ``(r0, r1, c0, c1)``, half-open: the body's bounding box (:func:`body_box`)
+Box = tuple[int, int, int, int]
+#: "not computed yet": callers that already ran :func:`body_box` on a slice pass its result
+#: (a box, or None for no body) so that the crop and the lung gate share one search
+UNKNOWN: EllipsisType = ...
 
 
 def lung_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -71,9 +77,7 @@ def _runs(mask: np.ndarray, k: int, axis: int) -> np.ndarray:
     return run
 
 
-def body_box(
-    hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU
-) -> tuple[int, int, int, int] | None:
+def body_box(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> Box | None:
     """Bounding box ``(r0, r1, c0, c1)`` (half-open) of the body, ignoring thin structures.
 
     Padding outside the scan circle (-2000, -3024 HU...) lies below any body threshold and is
@@ -105,16 +109,19 @@ def square_window(box: tuple[int, int, int, int], margin: float) -> tuple[int, i
     return (r0 + r1 - side) // 2, (c0 + c1 - side) // 2, side
 
 
-def crop_window(hu: np.ndarray, *, body_crop: bool = True) -> tuple[int, int, int] | None:
+def crop_window(
+    hu: np.ndarray, *, body_crop: bool = True, box: Box | EllipsisType | None = UNKNOWN
+) -> tuple[int, int, int] | None:
     """The square ``(top, left, side)`` of ``hu`` that :func:`hu_to_input` resizes to the
     network input, or None when it resizes the whole slice (no crop, or no body found).
 
     Public so that outputs in input space (e.g. Grad-CAM maps) can be mapped back onto the
-    slice through exactly the crop the model saw.
+    slice through exactly the crop the model saw. ``box``: ``body_box(hu)`` if already known.
     """
     if not body_crop:
         return None
-    box = body_box(hu)
+    if box is UNKNOWN:
+        box = body_box(hu)
     return None if box is None else square_window(box, CROP_MARGIN)
 
 
@@ -193,16 +200,18 @@ def hu_to_image(
     window_center: float = LUNG_WINDOW_CENTER,
     window_width: float = LUNG_WINDOW_WIDTH,
     body_crop: bool = True,
+    box: Box | EllipsisType | None = UNKNOWN,
 ) -> np.ndarray:
     """Steps 1-3: one HU slice → window fraction ``float32 [h, w]`` in [0, 1].
 
     Training keeps this single channel (a third of the memory) and applies :func:`normalise`
     per batch; serving applies both at once in :func:`hu_to_input`. Same functions, same bits.
+    ``box``: ``body_box(hu)`` when the caller already has it.
     """
     hu = np.asarray(hu)
     if hu.ndim != 2:
         raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
-    window = crop_window(hu, body_crop=body_crop)
+    window = crop_window(hu, body_crop=body_crop, box=box)
     if window is None:
         img = lung_window(hu, window_center, window_width)
     else:  # window only the pixels inside the crop, straight into the padded square
@@ -303,16 +312,17 @@ def _enclosed(mask: np.ndarray) -> np.ndarray:
     return left & right & up & down
 
 
-def lung_fraction(hu: np.ndarray) -> float:
-    """Fraction of the body's bounding box that is aerated lung inside the body (~1 ms).
+def lung_fraction(hu: np.ndarray, box: Box | EllipsisType | None = UNKNOWN) -> float:
+    """Fraction of the body's bounding box that is aerated lung inside the body (~0.5 ms).
 
     The box is averaged down to a ~64-cell grid (noise), cells in :data:`LUNG_BAND_HU` count
     when soft tissue surrounds them in all four directions, so the air around the body and the
     partial-volume rim at the skin do not. Not a segmentation: a gate deciding which slices
-    may vote in the study aggregation.
+    may vote in the study aggregation. ``box``: ``body_box(hu)`` when the caller has it.
     """
     hu = np.asarray(hu)
-    box = body_box(hu)
+    if box is UNKNOWN:
+        box = body_box(hu)
     if box is None:
         return 0.0
     r0, r1, c0, c1 = box
@@ -321,9 +331,20 @@ def lung_fraction(hu: np.ndarray) -> float:
     h, w = crop.shape[0] // f * f, crop.shape[1] // f * f
     if h == 0 or w == 0:
         return 0.0
-    pooled = crop[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    pooled = _block_mean(crop[:h, :w], f)
     lung = (pooled > LUNG_BAND_HU[0]) & (pooled < LUNG_BAND_HU[1])
     return float((lung & _enclosed(pooled > BODY_THRESHOLD_HU)).mean())
+
+
+def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
+    """Mean of each ``f`` x ``f`` block of ``image`` (its sides multiples of ``f``).
+
+    Rows of blocks first, then the columns: twice as fast as one reduction over both block
+    axes, and the same bits for CT (integer HU sums are exact in float32 in any order).
+    """
+    h, w = image.shape
+    rows = image.reshape(h // f, f, w).sum(axis=1)
+    return rows.reshape(h // f, w // f, f).sum(axis=2) / np.float32(f * f)
 
 
 def hu_batch_to_input(
@@ -335,14 +356,18 @@ def hu_batch_to_input(
     mean: Norm,
     std: Norm,
     body_crop: bool = True,
+    boxes: Sequence[Box | None] | None = None,
 ) -> np.ndarray:
-    """Several slices → ``float32 [N, 3, h, w]``; each slice gets its own body crop."""
+    """Several slices → ``float32 [N, 3, h, w]``; each slice gets its own body crop
+    (``boxes``: each slice's :func:`body_box`, when the caller already has them)."""
     out = np.empty((len(slices), 3, int(input_size[0]), int(input_size[1])), dtype=np.float32)
     mean_vec, std_vec = _channel_vector(mean, "mean"), _channel_vector(std, "std")
+    if boxes is not None and len(boxes) != len(slices):
+        raise ValueError(f"{len(boxes)} boxes for {len(slices)} slices")
     for i, hu in enumerate(slices):
         image = hu_to_image(
             hu, input_size, window_center=window_center, window_width=window_width,
-            body_crop=body_crop,
+            body_crop=body_crop, box=UNKNOWN if boxes is None else boxes[i],
         )  # fmt: skip
         _normalise_into(image, mean_vec, std_vec, out[i])
     return out

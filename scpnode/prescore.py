@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -30,7 +29,7 @@ from scpnode.db import Database
 from scpnode.db.models import InstanceRow, PrescoreRow, StudyRow
 from scpnode.db.session import rowcount, writer_lock
 from scpnode.domain import StudyState
-from scpnode.infer.decoders import DecoderPool
+from scpnode.infer.decoders import DecoderPool, SliceMeasure
 from scpnode.infer.dicom_slices import SliceReadError
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import PlacedScore, ScoredSlice, score_slices
@@ -108,7 +107,7 @@ class Prescorer:
         owner: str,
         clock: Callable[[], datetime],
         batch_size: int,
-        measure: Callable[[np.ndarray], float] | None,
+        measure: SliceMeasure | None,
         lease_s: float = 10.0,
         threads: int | None = None,
         decoders: DecoderPool | None = None,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from model_zoo.card import ModelCard
+from model_zoo.preprocess import Box, body_box
 from scpnode.infer.dicom_slices import SliceHU, read_slice
 from scpnode.infer.engine import prepare_for_card
 
@@ -35,15 +36,21 @@ class Prepared:
     measures: list[float | None]
 
 
-def prepare_paths(
-    card: ModelCard, paths: Sequence[Path], measure: Callable[[np.ndarray], float] | None
-) -> Prepared:
+#: a per-slice measure (the lung gate's `lung_fraction`): of the HU pixels and the body box
+#: the crop uses, found once for both
+SliceMeasure = Callable[[np.ndarray, Box | None], float]
+
+
+def prepare_paths(card: ModelCard, paths: Sequence[Path], measure: SliceMeasure | None) -> Prepared:
     """Read, decode and preprocess one batch; raises SliceReadError for a bad file."""
     read = [read_slice(p) for p in paths]
     hu = [s.hu for s, _, _ in read]
-    measures = [None if measure is None else float(measure(a)) for a in hu]
+    boxes = [body_box(a) for a in hu] if measure or card.preprocessing.body_crop else None
+    measures: list[float | None] = [None] * len(hu)
+    if measure is not None and boxes is not None:
+        measures = [float(measure(a, box)) for a, box in zip(hu, boxes, strict=True)]
     slim = [(replace(s, hu=NO_PIXELS), position, n) for s, position, n in read]
-    return Prepared(slim, prepare_for_card(card, hu), measures)
+    return Prepared(slim, prepare_for_card(card, hu, boxes), measures)
 
 
 def _one_thread() -> None:
@@ -67,9 +74,7 @@ class DecoderPool:
             initializer=_one_thread,
         )
 
-    def submit(
-        self, paths: Sequence[Path], measure: Callable[[np.ndarray], float] | None
-    ) -> Future[Prepared]:
+    def submit(self, paths: Sequence[Path], measure: SliceMeasure | None) -> Future[Prepared]:
         """`measure` must be a module-level function (it travels by name)."""
         return self._pool.submit(prepare_paths, self.card, list(paths), measure)
 

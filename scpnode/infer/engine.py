@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from model_zoo.card import ModelCard, ModelCardError, WeightsMismatch, check_sha256, load_card
-from model_zoo.preprocess import hu_batch_to_input
+from model_zoo.preprocess import Box, hu_batch_to_input
 from model_zoo.registry import ModelSpec, get_spec
 from scpnode.domain import ModelIdentity
 
@@ -195,8 +195,11 @@ def prepare(model: LoadedModel, hu_slices: Sequence[np.ndarray]) -> np.ndarray:
     return prepare_for_card(model.card, hu_slices)
 
 
-def prepare_for_card(card: ModelCard, hu_slices: Sequence[np.ndarray]) -> np.ndarray:
-    """`prepare` from the card alone: what a decoder process, which holds no model, runs."""
+def prepare_for_card(
+    card: ModelCard, hu_slices: Sequence[np.ndarray], boxes: Sequence[Box | None] | None = None
+) -> np.ndarray:
+    """`prepare` from the card alone: what a decoder process, which holds no model, runs.
+    ``boxes``: each slice's ``body_box``, when the caller computed them for a measure too."""
     pre = card.preprocessing
     return hu_batch_to_input(
         hu_slices,
@@ -206,6 +209,7 @@ def prepare_for_card(card: ModelCard, hu_slices: Sequence[np.ndarray]) -> np.nda
         mean=pre.mean,
         std=pre.std,
         body_crop=pre.body_crop,
+        boxes=boxes,
     )
 
 

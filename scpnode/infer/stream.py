@@ -15,14 +15,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from scpnode.infer.decoders import DecoderPool, Prepared, prepare_paths
+from scpnode.infer.decoders import DecoderPool, Prepared, SliceMeasure, prepare_paths
 from scpnode.infer.dicom_slices import order_along_normal
 from scpnode.infer.engine import LoadedModel, score
 
@@ -54,11 +52,12 @@ def score_series(
     paths: Sequence[Path],
     *,
     batch_size: int = 32,
-    measure: Callable[[np.ndarray], float] | None = None,
+    measure: SliceMeasure | None = None,
     prefetch: int = 2,
     decoders: DecoderPool | None = None,
 ) -> list[ScoredSlice]:
-    """Every slice's probability (and `measure` of its HU array), in anatomical order.
+    """Every slice's probability (and `measure` of its HU array and body box), in anatomical
+    order.
 
     Raises `SliceReadError` for the first file that cannot become a slice, like
     `read_slices_hu`; the producer thread is stopped and joined before returning.
@@ -73,7 +72,7 @@ def score_slices(
     paths: Sequence[Path],
     *,
     batch_size: int = 32,
-    measure: Callable[[np.ndarray], float] | None = None,
+    measure: SliceMeasure | None = None,
     prefetch: int = 2,
     decoders: DecoderPool | None = None,
 ) -> list[PlacedScore]:
@@ -96,7 +95,7 @@ def _prepared_batches(
     model: LoadedModel,
     paths: list[Path],
     batch_size: int,
-    measure: Callable[[np.ndarray], float] | None,
+    measure: SliceMeasure | None,
     prefetch: int,
     decoders: DecoderPool | None,
 ) -> Iterator[Prepared]:
@@ -124,7 +123,7 @@ def _prepared_batches(
 def _from_processes(
     decoders: DecoderPool,
     chunks: list[list[Path]],
-    measure: Callable[[np.ndarray], float] | None,
+    measure: SliceMeasure | None,
     ahead: int,
 ) -> Iterator[Prepared]:
     """Batches in order, at most `ahead` of them submitted beyond the one being scored."""
@@ -155,7 +154,7 @@ def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:
 def _produce(
     model: LoadedModel,
     chunks: list[list[Path]],
-    measure: Callable[[np.ndarray], float] | None,
+    measure: SliceMeasure | None,
     batches: queue.Queue[object],
     stop: threading.Event,
 ) -> None:

@@ -7,8 +7,17 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
+from scpnode.infer import dicom_slices
 from scpnode.infer.dicom_slices import SliceReadError, read_slices_hu
 
 
@@ -117,3 +126,73 @@ def test_not_dicom_raises_slice_read_error(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"hello")
     with pytest.raises(SliceReadError, match="not a readable DICOM file"):
         read_slices_hu([tmp_path / "x.dcm"])
+
+
+def _pydicom_hu(path: Path) -> np.ndarray:
+    """What pydicom's general decoder and modality LUT give (the reference for the fast path)."""
+    ds = pydicom.dcmread(path)
+    return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+
+
+def _native_variant(
+    path: Path, *, bits: int, stored: int, signed: int, syntax: str, rescale: tuple | None
+) -> None:
+    """A slice in one native layout, with noise in the unused high bits."""
+    ds = write_ct(path, hu_image(3))
+    rng = np.random.default_rng(bits * 100 + stored + signed)
+    dtype = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): np.uint16, (16, 1): np.int16}
+    info = np.iinfo(dtype[(bits, signed)])
+    values = rng.integers(info.min, info.max, size=(64, 64), endpoint=True)
+    ds.PixelData = values.astype(dtype[(bits, signed)]).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    ds.PixelRepresentation = signed
+    del ds.RescaleSlope, ds.RescaleIntercept
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    ("bits", "stored", "signed"),
+    [(16, 16, 1), (16, 12, 1), (16, 12, 0), (16, 16, 0), (8, 8, 0), (8, 7, 1)],
+)
+@pytest.mark.parametrize("rescale", [(1, -1024), (1, 0), (2.5, -1000.25), None])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_native_pixels_read_directly_match_pydicom(
+    tmp_path: Path, bits: int, stored: int, signed: int, rescale: tuple | None, syntax: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    path = tmp_path / "n.dcm"
+    _native_variant(path, bits=bits, stored=stored, signed=signed, syntax=syntax,
+                    rescale=rescale)  # fmt: skip
+    reference = _pydicom_hu(path)
+    calls: list[np.ndarray | None] = []
+    original = dicom_slices._native_stored_values
+    monkeypatch.setattr(dicom_slices, "_native_stored_values",
+                        lambda ds: calls.append(original(ds)) or calls[-1])  # fmt: skip
+    (s,) = read_slices_hu([path])
+    assert calls[0] is not None  # the fast path was taken
+    assert s.hu.dtype == np.float32
+    assert np.array_equal(s.hu, reference)
+
+
+def test_unusual_native_layouts_go_through_pydicom(tmp_path: Path) -> None:
+    # a Modality LUT Sequence, and pixel data one byte short: read by pydicom, same answer
+    ds = write_ct(tmp_path / "lut.dcm", hu_image(5))
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.ModalityLUTType = "HU"
+    item.add_new("LUTData", "US", list(range(0, 8192, 2)))
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(tmp_path / "lut.dcm")
+    (s,) = read_slices_hu([tmp_path / "lut.dcm"])
+    assert np.array_equal(s.hu, _pydicom_hu(tmp_path / "lut.dcm"))
+    assert dicom_slices._native_stored_values(pydicom.dcmread(tmp_path / "lut.dcm")) is not None
+
+    ds = write_ct(tmp_path / "short.dcm", hu_image(6))
+    ds.PixelData = ds.PixelData[:-2]
+    ds.save_as(tmp_path / "short.dcm")
+    assert dicom_slices._native_stored_values(pydicom.dcmread(tmp_path / "short.dcm")) is None
+    with pytest.raises(SliceReadError, match="cannot decode pixel data"):
+        read_slices_hu([tmp_path / "short.dcm"])

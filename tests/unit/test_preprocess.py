@@ -9,7 +9,14 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from model_zoo.preprocess import body_box, hu_batch_to_input, hu_to_input, lung_window
+from model_zoo.preprocess import (
+    _block_mean,
+    body_box,
+    hu_batch_to_input,
+    hu_to_input,
+    lung_fraction,
+    lung_window,
+)
 from scpnode.infer.dicom_slices import read_slices_hu
 
 PARAMS: dict[str, Any] = {"mean": 0.5, "std": 0.25}
@@ -120,3 +127,27 @@ def test_training_path_equals_serving_path(tmp_path: Path) -> None:
 def test_rejects_non_2d() -> None:
     with pytest.raises(ValueError, match="2-D"):
         hu_to_input(np.zeros((2, 8, 8)), (8, 8), **PARAMS)
+
+
+def test_a_shared_body_box_gives_the_same_crop_and_lung_fraction() -> None:
+    """The worker finds each slice's body box once for the crop and the lung gate."""
+    slices = [phantom(512), phantom(256, table=False), np.full((64, 64), -1000.0, np.float32)]
+    boxes = [body_box(hu) for hu in slices]
+    assert boxes[2] is None  # air: no crop, lung fraction 0
+    alone = hu_batch_to_input(slices, (128, 128), **PARAMS)
+    shared = hu_batch_to_input(slices, (128, 128), boxes=boxes, **PARAMS)
+    assert alone.tobytes() == shared.tobytes()
+    assert [lung_fraction(hu, box) for hu, box in zip(slices, boxes, strict=True)] == [
+        lung_fraction(hu) for hu in slices
+    ]
+    assert 0.05 < lung_fraction(slices[0]) < 0.6 and lung_fraction(slices[2]) == 0.0
+    with pytest.raises(ValueError, match="2 boxes for 3 slices"):
+        hu_batch_to_input(slices, (128, 128), boxes=boxes[:2], **PARAMS)
+
+
+@pytest.mark.parametrize("f", [1, 3, 6])
+def test_block_mean_equals_the_mean_over_both_block_axes(f: int) -> None:
+    h, w = 300 // f * f, 200 // f * f
+    image = np.ascontiguousarray(phantom(512)[100 : 100 + h, 150 : 150 + w])
+    reference = image.reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    assert np.array_equal(_block_mean(image, f), reference)  # integer HU: the same bits

@@ -32,7 +32,7 @@ def test_same_scores_and_order_as_the_whole_series(tmp_path: Path, weights: Path
     paths = series(tmp_path, 11)
     whole = read_slices_hu(paths)
     expected = predict(model, [s.hu for s in whole], batch_size=4)
-    got = stream.score_series(model, paths, batch_size=4, measure=lambda hu: float(hu.mean()))
+    got = stream.score_series(model, paths, batch_size=4, measure=lambda hu, box: float(hu.mean()))
     assert [s.sop_instance_uid for s in got] == [s.sop_instance_uid for s in whole]
     assert [s.z for s in got] == [s.z for s in whole]
     np.testing.assert_allclose([s.probability for s in got], expected, rtol=1e-5, atol=1e-6)
