@@ -171,10 +171,18 @@ class ModelSettings(_Section):
     lung_gate: bool | None = None  # None: as the model card says
     lung_min_fraction: float = Field(default=0.03, gt=0.0, lt=1.0)
     calibration: Literal["card", "none"] = "card"
-    batch_size: int = Field(default=32, ge=1, le=4096)
+    batch_size: int | str = "auto"  # 1-4096, or auto: 16 on a CPU, 64 on CUDA
     key_slices: int = Field(default=5, ge=1, le=50)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
     decode_processes: int = Field(default=0, ge=0, le=64)  # 0: one decoder thread per worker
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (whole and 1 <= value <= 4096):  # type: ignore[operator]
+            return value
+        raise ValueError(f'must be a number from 1 to 4096, or "auto"; got {value!r}')
 
     @field_validator("indeterminate")
     @classmethod

@@ -67,6 +67,7 @@ class PipelineContext:
     rules: scope.ScopeRules
     clock: Callable[[], datetime]
     decoders: DecoderPool | None = None  # `model.decode_processes` > 0
+    batch_size: int = 16  # `model.batch_size` resolved for the model's device
 
     @property
     def rule(self) -> StudyRule:
@@ -170,7 +171,7 @@ def _analyse(
     rest = [Path(r.path) for r in selected if r.id not in ready]
     slices = in_anatomical_order([
         *ready.values(),
-        *score_slices(ctx.model, rest, batch_size=ctx.settings.model.batch_size,
+        *score_slices(ctx.model, rest, batch_size=ctx.batch_size,
                       measure=lung_fraction if rule.lung_gate else None,
                       decoders=ctx.decoders),
     ])  # fmt: skip

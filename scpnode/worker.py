@@ -179,7 +179,13 @@ def prescore_threads(model: LoadedModel) -> int | None:
 
 def build_worker(settings: Settings) -> Worker:
     """Everything one worker process needs; raises StartupError with the key to fix."""
-    from scpnode.infer.engine import DeviceError, ModelLoadError, load_model, resolve_device
+    from scpnode.infer.engine import (
+        DeviceError,
+        ModelLoadError,
+        load_model,
+        resolve_batch_size,
+        resolve_device,
+    )
 
     db = open_database(settings)
     release_dead_claims(db, utcnow())
@@ -197,8 +203,10 @@ def build_worker(settings: Settings) -> Worker:
         from scpnode.infer.decoders import DecoderPool
 
         decoders = DecoderPool(model.card, settings.model.decode_processes)
+    batch_size = resolve_batch_size(settings.model.batch_size, model.device)
     ctx = PipelineContext(
         decoders=decoders,
+        batch_size=batch_size,
         db=db,
         settings=settings,
         model=model,
@@ -208,13 +216,14 @@ def build_worker(settings: Settings) -> Worker:
     )
     from scpnode.warmup import warm_up
 
-    warm_s = warm_up(model, ctx.node, settings.model.batch_size, decoders)
+    warm_s = warm_up(model, ctx.node, batch_size, decoders)
     log.info(
         "worker ready",
         extra={
             "model": model.identity.tag,
             "device": str(model.device),
             "precision": model.precision,
+            "batch_size": batch_size,
             "decode_processes": settings.model.decode_processes,
             "synthetic": model.identity.synthetic,
             "warm_up_s": round(warm_s, 2),
@@ -225,7 +234,7 @@ def build_worker(settings: Settings) -> Worker:
         from model_zoo.preprocess import lung_fraction
 
         prescorer = Prescorer(db, model, ctx.rules, owner=process_owner(), clock=utcnow,
-                              batch_size=settings.model.batch_size,
+                              batch_size=batch_size,
                               measure=lung_fraction if ctx.rule.lung_gate else None,
                               threads=prescore_threads(model), decoders=decoders)  # fmt: skip
     return Worker(ctx, make_deliverer(db, settings), prescorer=prescorer)

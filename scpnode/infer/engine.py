@@ -72,6 +72,22 @@ def resolve_precision(spec: str, device: torch.device | str) -> str:
     return "bf16"
 
 
+#: slices per forward for ``model.batch_size = "auto"``. On a CPU, the largest batch whose
+#: activations stay in cache: CTnet-10's bare forward on the 2-core development VM ran
+#: 350 / 359 / 265 / 263 / 252 slices/s at batch 8 / 16 / 24 / 32 / 64. On CUDA, the batch
+#: the H200 figures were measured at (docs/performance.md).
+AUTO_BATCH_SIZE = {"cpu": 16, "cuda": 64}
+
+
+def resolve_batch_size(setting: int | str, device: torch.device | str) -> int:
+    """``model.batch_size`` (a number, or ``auto``) → slices per forward on ``device``."""
+    if setting == "auto":
+        return AUTO_BATCH_SIZE.get(torch.device(device).type, AUTO_BATCH_SIZE["cpu"])
+    if isinstance(setting, str) or setting < 1:
+        raise ValueError(f"model.batch_size must be a positive number or auto, got {setting!r}")
+    return setting
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` → a usable device, or a DeviceError saying why.
 

@@ -208,3 +208,15 @@ def test_decoder_processes_serve_scoring_ahead_and_the_job(make_rig: Any) -> Non
         assert inference_event(rig, spec.study_instance_uid)["scored_while_arriving"] == N // 2
     finally:
         worker.ctx.decoders.close()
+
+
+def test_the_resolved_batch_size_reaches_jobs_and_scoring_ahead(make_rig: Any) -> None:
+    """`model.batch_size = "auto"` is 16 slices on a CPU; a number is used as given."""
+    from scpnode.worker import build_worker
+
+    rig = make_rig()
+    assert rig.settings.model.batch_size == "auto"
+    assert rig.worker.ctx.batch_size == 16 == rig.worker.prescorer.batch_size
+    model = rig.settings.model.model_copy(update={"batch_size": 5})
+    worker = build_worker(rig.settings.model_copy(update={"model": model}))
+    assert worker.ctx.batch_size == 5 == worker.prescorer.batch_size

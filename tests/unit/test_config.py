@@ -66,6 +66,9 @@ def test_env_overrides_typed_values_and_destinations(tmp_path: Path) -> None:
         ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', "destinations.0.port"),
         ('[study]\nlung_kernels = ["("]\n', "study.lung_kernels"),
         ("[model]\nindeterminate = [0.6, 0.4]\n", "model.indeterminate"),
+        ('[model]\nbatch_size = "big"\n', "model.batch_size"),
+        ("[model]\nbatch_size = 0\n", "model.batch_size"),
+        ("[model]\nbatch_size = true\n", "model.batch_size"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -11,7 +11,14 @@ import torch
 
 from model_zoo.preprocess import hu_batch_to_input
 from scpnode.infer import engine
-from scpnode.infer.engine import LoadedModel, load_model, predict, prepare, resolve_precision
+from scpnode.infer.engine import (
+    LoadedModel,
+    load_model,
+    predict,
+    prepare,
+    resolve_batch_size,
+    resolve_precision,
+)
 from tests.unit import test_engine
 from tests.unit.test_engine import slices
 
@@ -76,6 +83,14 @@ def test_fp32_predict_is_the_plain_forward_of_the_card_preprocessing(weights: Pa
     assert probs.dtype == np.float64
     assert np.array_equal(probs, expected)
     assert np.array_equal(engine.score(model, x), expected)
+
+
+def test_auto_batch_size_is_per_device_and_a_number_is_kept() -> None:
+    assert resolve_batch_size("auto", "cpu") == 16  # before CTnet-10's activations leave cache
+    assert resolve_batch_size("auto", torch.device("cuda:0")) == 64
+    assert resolve_batch_size(24, "cpu") == 24
+    with pytest.raises(ValueError, match=r"model\.batch_size"):
+        resolve_batch_size(0, "cpu")
 
 
 def test_look_ahead_batches_keep_order_and_values(weights: Path) -> None:
