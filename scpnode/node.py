@@ -34,7 +34,7 @@ from scpnode.ingest import Recorder
 from scpnode.queue import release_dead_claims
 from scpnode.receive.server import ReceiveServer
 from scpnode.reconcile import reconcile
-from scpnode.schedule import Scheduler
+from scpnode.schedule import Scheduler, SweepOnDemand, sweep_logged
 from scpnode.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -220,29 +220,43 @@ class Node:
         return 0
 
 
-def run_receiver(settings: Settings, port: int) -> int:
-    """`scpnode receive`: one more receiving process on `serve`'s port (SO_REUSEPORT).
+class ReceivingProcess:
+    """What `scpnode receive` runs: an SCP and a recorder of its own (one GIL each), and a
+    completion sweep run only when one of its batches fills a series. Timers, workers and
+    the periodic sweep stay with `serve`, which starts, restarts and stops these processes."""
 
-    Its own SCP and recorder (one GIL each); completion, timers and workers stay with
-    `serve`, which starts, restarts and stops these processes.
-    """
+    def __init__(self, settings: Settings) -> None:
+        spool = Spool(
+            settings.storage.spool_dir,
+            min_free_mb=settings.storage.min_free_mb,
+            fsync=settings.storage.fsync,
+        )
+        self.db = open_database(settings)
+        self.sweeper = SweepOnDemand(lambda: sweep_logged(self.db, settings, utcnow))
+        self.recorder = Recorder(self.db, on_series_filled=self.sweeper.sweep_soon)
+        self.scp = ReceiveServer(settings.node, spool, self.recorder.submit)
+
+    def start(self, port: int) -> int:
+        self.sweeper.start()
+        self.recorder.start()
+        return self.scp.start(port=port)
+
+    def stop(self) -> None:
+        self.scp.stop()
+        self.recorder.stop()  # records the last batch, which may ask for one more sweep
+        self.sweeper.stop()
+        self.db.dispose()
+
+
+def run_receiver(settings: Settings, port: int) -> int:
+    """`scpnode receive`: one more receiving process on `serve`'s port (SO_REUSEPORT)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    spool = Spool(
-        settings.storage.spool_dir,
-        min_free_mb=settings.storage.min_free_mb,
-        fsync=settings.storage.fsync,
-    )
-    db = open_database(settings)
-    recorder = Recorder(db)
-    scp = ReceiveServer(settings.node, spool, recorder.submit)
-    recorder.start()
-    bound = scp.start(port=port)
+    receiving = ReceivingProcess(settings)
+    bound = receiving.start(port)
     log.info("receiving process listening", extra={"port": bound, "pid": os.getpid()})
     while not stop.wait(1.0):
         pass
-    scp.stop()
-    recorder.stop()
-    db.dispose()
+    receiving.stop()
     return 0

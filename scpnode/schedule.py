@@ -7,6 +7,7 @@ processes goes through the database with conditional updates (DESIGN §7).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,60 @@ from scpnode.spool import Spool
 
 log = logging.getLogger(__name__)
 STALE_INCOMING_S = 3600.0
+
+
+def sweep_logged(db: Database, settings: Settings, clock: Callable[[], datetime]) -> list[str]:
+    """One completion sweep; a failure is logged (the next sweep retries), never raised."""
+    try:
+        queued = sweep_completions(
+            db,
+            clock(),
+            grace_s=settings.study.association_grace_s,
+            idle_timeout_s=settings.study.idle_timeout_s,
+        )
+    except Exception:
+        log.exception("completion sweep failed; will retry")
+        return []
+    for uid in queued:
+        log.info("study complete, queued", extra={"study": uid})
+    return queued
+
+
+class SweepOnDemand:
+    """The completion sweep of a `scpnode receive` child, run only when its recorder filled a
+    series to its announced count.
+
+    `serve`'s timer sweeps every study every 0.5 s; a child that received the last slice of a
+    series would otherwise leave its study waiting for that tick. Queueing is a conditional
+    UPDATE, so a study that two processes sweep at once is queued once.
+    """
+
+    def __init__(self, sweep: Callable[[], object]) -> None:
+        self._sweep = sweep
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="completion-sweep", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def sweep_soon(self) -> None:
+        """Thread-safe; requests made while a sweep runs are served by one more sweep."""
+        self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stopping.is_set():
+                return
+            self._wanted.clear()
+            self._sweep()
 
 
 class Scheduler:
@@ -72,19 +127,7 @@ class Scheduler:
             log.debug("completion sweep not brought forward", exc_info=True)
 
     def sweep(self) -> list[str]:
-        try:
-            queued = sweep_completions(
-                self.db,
-                self.clock(),
-                grace_s=self.settings.study.association_grace_s,
-                idle_timeout_s=self.settings.study.idle_timeout_s,
-            )
-        except Exception:
-            log.exception("completion sweep failed; will retry")
-            return []
-        for uid in queued:
-            log.info("study complete, queued", extra={"study": uid})
-        return queued
+        return sweep_logged(self.db, self.settings, self.clock)
 
     def purge(self) -> list[str]:
         try:
