@@ -220,3 +220,39 @@ def test_the_resolved_batch_size_reaches_jobs_and_scoring_ahead(make_rig: Any) -
     model = rig.settings.model.model_copy(update={"batch_size": 5})
     worker = build_worker(rig.settings.model_copy(update={"model": model}))
     assert worker.ctx.batch_size == 5 == worker.prescorer.batch_size
+
+
+def test_the_series_choice_is_reused_briefly_then_made_again(make_rig: Any) -> None:
+    """The scope rules run at most once per DECISION_REUSE_S per arriving study; a better
+    series that arrives meanwhile is picked at the next decision."""
+    from scpnode.prescore import DECISION_REUSE_S
+    from scpnode.synth import extra_series
+
+    rig = make_rig()
+    ctx = rig.worker.ctx
+    now = [utcnow()]
+    prescorer = Prescorer(ctx.db, ctx.model, ctx.rules, owner="clocked:1",
+                          clock=lambda: now[0], batch_size=4, measure=None)  # fmt: skip
+    soft = make_study_spec(95, n_slices=N)
+    lung = extra_series(soft, kernel="LUNG", thickness=1.0, n_slices=N, lung_kernel=True)
+
+    def scored_series() -> dict[str, int]:
+        with ctx.db.session() as s:
+            return dict(s.execute(
+                select(InstanceRow.series_instance_uid, func.count())
+                .join(PrescoreRow, PrescoreRow.instance_id == InstanceRow.id)
+                .group_by(InstanceRow.series_instance_uid)
+            ).all())  # fmt: skip
+
+    assert rig.send(list(iter_study_datasets(soft))) == [0] * N
+    rig.recorder.flush()
+    assert prescorer.step()
+    assert scored_series() == {soft.series_instance_uid: 4}
+    assert rig.send(list(iter_study_datasets(lung))) == [0] * N  # the preferred series
+    rig.recorder.flush()
+    now[0] += timedelta(seconds=DECISION_REUSE_S / 2)
+    assert prescorer.step()  # the decision a moment ago still stands
+    assert scored_series() == {soft.series_instance_uid: 8}
+    now[0] += timedelta(seconds=DECISION_REUSE_S)
+    assert prescorer.step()  # decided again: the lung kernel wins
+    assert scored_series() == {soft.series_instance_uid: 8, lung.series_instance_uid: 4}
