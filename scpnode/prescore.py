@@ -188,10 +188,19 @@ class Prescorer:
         return tasks
 
     def _unscored(self, study_id: int, room: int, now: datetime) -> list[InstanceRow]:
-        """Up to `room` instances of the chosen series with no usable score yet."""
-        series_uid = self._series(study_id, now)
-        if series_uid is None:
-            return []  # out of scope, or nothing analysable yet
+        """Up to `room` instances of the chosen series with no usable score yet.
+
+        Nothing left under a reused decision is checked against a fresh one before the study
+        counts as caught up: a better series may have arrived since.
+        """
+        for fresh in (False, True):
+            series_uid, decided_now = self._series(study_id, now, fresh=fresh)
+            rows = [] if series_uid is None else self._unscored_in(study_id, series_uid, room)
+            if rows or decided_now:
+                return rows
+        return []
+
+    def _unscored_in(self, study_id: int, series_uid: str, room: int) -> list[InstanceRow]:
         scored = select(PrescoreRow.id).where(
             PrescoreRow.instance_id == InstanceRow.id,
             PrescoreRow.sha256 == InstanceRow.sha256,  # not the score of a replaced version
@@ -208,16 +217,18 @@ class Prescorer:
             ).all()
         return [r for r in rows if (r.id, r.sha256) not in self._unreadable][:room]
 
-    def _series(self, study_id: int, now: datetime) -> str | None:
-        """The series the scope rules pick on what has arrived (reused DECISION_REUSE_S)."""
+    def _series(self, study_id: int, now: datetime, *, fresh: bool) -> tuple[str | None, bool]:
+        """(the series the scope rules pick on what has arrived, or None; whether decided
+        now). A decision younger than DECISION_REUSE_S is reused unless `fresh`."""
         when, series_uid = self._decided.get(study_id, (None, None))
-        if when is not None and timedelta(0) <= now - when < timedelta(seconds=DECISION_REUSE_S):
-            return series_uid
+        reuse = timedelta(seconds=DECISION_REUSE_S)
+        if not fresh and when is not None and timedelta(0) <= now - when < reuse:
+            return series_uid, False
         decision = scope.decide(study_instances(self.db, study_id), self.rules)
         analyse = decision.verdict == scope.Verdict.ANALYSE
         series_uid = decision.series_instance_uid if analyse else None
         self._decided[study_id] = (now, series_uid)
-        return series_uid
+        return series_uid, True
 
     def _take_lease(self, study_id: int, now: datetime) -> bool:
         with self.db.session() as session:

@@ -222,37 +222,63 @@ def test_the_resolved_batch_size_reaches_jobs_and_scoring_ahead(make_rig: Any) -
     assert worker.ctx.batch_size == 5 == worker.prescorer.batch_size
 
 
-def test_the_series_choice_is_reused_briefly_then_made_again(make_rig: Any) -> None:
-    """The scope rules run at most once per DECISION_REUSE_S per arriving study; a better
-    series that arrives meanwhile is picked at the next decision."""
-    from scpnode.prescore import DECISION_REUSE_S
-    from scpnode.synth import extra_series
+class Clocked:
+    """A prescorer on a clock the test moves, and two series of one study: a soft-kernel one
+    and a lung-kernel one the scope rules prefer."""
 
-    rig = make_rig()
-    ctx = rig.worker.ctx
-    now = [utcnow()]
-    prescorer = Prescorer(ctx.db, ctx.model, ctx.rules, owner="clocked:1",
-                          clock=lambda: now[0], batch_size=4, measure=None)  # fmt: skip
-    soft = make_study_spec(95, n_slices=N)
-    lung = extra_series(soft, kernel="LUNG", thickness=1.0, n_slices=N, lung_kernel=True)
+    def __init__(self, rig: Any, seed: int) -> None:
+        from scpnode.synth import extra_series
 
-    def scored_series() -> dict[str, int]:
-        with ctx.db.session() as s:
-            return dict(s.execute(
+        self.rig, ctx = rig, rig.worker.ctx
+        self.now = utcnow()
+        self.prescorer = Prescorer(ctx.db, ctx.model, ctx.rules, owner="clocked:1",
+                                   clock=lambda: self.now, batch_size=4, measure=None)  # fmt: skip
+        self.soft = make_study_spec(seed, n_slices=N)
+        self.lung = extra_series(self.soft, kernel="LUNG", thickness=1.0, n_slices=N,
+                                 lung_kernel=True)  # fmt: skip
+
+    def send(self, spec: Any) -> None:
+        assert self.rig.send(list(iter_study_datasets(spec))) == [0] * N
+        self.rig.recorder.flush()
+
+    def scored(self) -> dict[str, int]:
+        with self.rig.worker.ctx.db.session() as s:
+            counts = dict(s.execute(
                 select(InstanceRow.series_instance_uid, func.count())
                 .join(PrescoreRow, PrescoreRow.instance_id == InstanceRow.id)
                 .group_by(InstanceRow.series_instance_uid)
             ).all())  # fmt: skip
+        names = {self.soft.series_instance_uid: "soft", self.lung.series_instance_uid: "lung"}
+        return {names[uid]: n for uid, n in counts.items()}
 
-    assert rig.send(list(iter_study_datasets(soft))) == [0] * N
-    rig.recorder.flush()
-    assert prescorer.step()
-    assert scored_series() == {soft.series_instance_uid: 4}
-    assert rig.send(list(iter_study_datasets(lung))) == [0] * N  # the preferred series
-    rig.recorder.flush()
-    now[0] += timedelta(seconds=DECISION_REUSE_S / 2)
-    assert prescorer.step()  # the decision a moment ago still stands
-    assert scored_series() == {soft.series_instance_uid: 8}
-    now[0] += timedelta(seconds=DECISION_REUSE_S)
-    assert prescorer.step()  # decided again: the lung kernel wins
-    assert scored_series() == {soft.series_instance_uid: 8, lung.series_instance_uid: 4}
+
+def test_the_series_choice_is_reused_briefly_then_made_again(make_rig: Any) -> None:
+    """The scope rules run at most once per DECISION_REUSE_S per arriving study; a better
+    series that arrives meanwhile is picked at the next decision."""
+    from scpnode.prescore import DECISION_REUSE_S
+
+    c = Clocked(make_rig(), 95)
+    c.send(c.soft)
+    assert c.prescorer.step() and c.scored() == {"soft": 4}
+    c.send(c.lung)
+    c.now += timedelta(seconds=DECISION_REUSE_S / 2)
+    assert c.prescorer.step()  # the decision a moment ago still stands
+    assert c.scored() == {"soft": 8}
+    c.now += timedelta(seconds=DECISION_REUSE_S)
+    assert c.prescorer.step()  # decided again: the lung kernel wins
+    assert c.scored() == {"soft": 8, "lung": 4}
+
+
+def test_nothing_left_under_a_reused_choice_is_checked_against_a_fresh_one(
+    make_rig: Any,
+) -> None:
+    """The soft series is finished within the reuse window, after the lung series arrived:
+    the study is not taken as caught up before the rules are asked again."""
+    c = Clocked(make_rig(), 96)
+    c.send(c.soft)
+    assert c.prescorer.step() and c.scored() == {"soft": 4}
+    c.send(c.lung)
+    assert c.prescorer.step() and c.prescorer.step()  # the clock stands still
+    assert c.scored() == {"soft": 12}
+    assert c.prescorer.step()
+    assert c.scored() == {"soft": 12, "lung": 4}
