@@ -217,7 +217,11 @@ def store_datasets(
     transfer_syntaxes: list[str] | None = None,
     timeout_s: float = 30.0,
 ) -> list[int | None]:
-    """One association for a batch of datasets (a scanner sends a series like this)."""
+    """One association for a batch of datasets (a scanner sends a series like this).
+
+    A store with no response (timeout, abort) is None; once the association is gone the
+    rest are None too, unsent, instead of an exception that loses the statuses so far.
+    """
     items = list(datasets)
     statuses: list[int | None] = []
     classes = {str(ds.SOPClassUID) for ds in items}
@@ -225,6 +229,9 @@ def store_datasets(
         peer, calling_aet, classes, transfer_syntaxes=transfer_syntaxes, timeout_s=timeout_s
     ) as assoc:
         for ds in items:
+            if not assoc.is_established:
+                statuses.append(None)
+                continue
             status = assoc.send_c_store(ds)
             statuses.append(int(status.Status) if status and "Status" in status else None)
     return statuses
