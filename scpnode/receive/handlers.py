@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dimse_primitives import C_STORE
 
 from scpnode.clock import utcnow
 from scpnode.dicomnet import assoc_socket, disable_nagle, rejection_text
@@ -50,6 +51,7 @@ CANNOT_PARSE = 0xC001  # not a DICOM data set we can read
 BAD_UID = 0xC002  # a study/series/instance UID is missing or violates the UID grammar
 INSTANCE_MISMATCH = 0xC003  # data set SOP Instance UID differs from the request's
 INTERNAL_ERROR = 0xC0FF  # unexpected failure; logged with a traceback
+INVALID_REQUEST = 0xC004  # a C-STORE-RQ command pynetdicom cannot serve (a required field unusable)
 
 Sink = Callable[[Record], None]
 
@@ -89,6 +91,7 @@ class StoreHandlers:
         bound_reads(sock, event.assoc.network_timeout)
         # event-driven waits (fastpath.py); released in `_after_association`, or at collection
         event.assoc.scpnode_release = accelerate(event.assoc, sock)
+        answer_invalid_requests(event.assoc, self._invalid_request)
 
     def on_conn_close(self, event: Any) -> None:
         """End the wait of an acceptor whose connection closed before any A-ASSOCIATE-RQ.
@@ -350,9 +353,68 @@ class StoreHandlers:
         )
         return status
 
+    def _invalid_request(self, assoc: Any, msg: Any, context_id: int) -> None:
+        """A request pynetdicom would drop unanswered (it found a required field missing or
+        unusable, e.g. an Affected SOP Instance UID of a lone backslash): the sender would
+        wait for its DIMSE timeout and never learn why. A C-STORE with a Message ID is
+        answered 0xC004 and audited; anything else ends the association at once."""
+        keywords = getattr(type(msg), "REQUEST_KEYWORDS", ())
+        unusable = [k for k in keywords if getattr(msg, k, None) is None]
+        kind = str(getattr(msg, "msg_type", type(msg).__name__))
+        reason = f"invalid {kind} request: no usable {', '.join(unusable) or 'fields'}"
+        calling_aet = _aet(assoc.requestor.ae_title)
+        log.warning("DIMSE request refused",
+                    extra={"reason": reason, "calling_aet": calling_aet})  # fmt: skip
+        dataset_path = getattr(msg, "_dataset_path", None)
+        if isinstance(dataset_path, Path):  # streamed by pynetdicom; nobody will take it
+            dataset_path.unlink(missing_ok=True)
+        message_id = getattr(msg, "MessageID", None)
+        if kind != "C-STORE" or message_id is None:
+            assoc.abort()
+            return
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = message_id
+        response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+        response.Status = INVALID_REQUEST
+        assoc.dimse.send_msg(response, context_id)
+        self.sink(
+            InstanceRefused(
+                key=self._key_of(assoc),
+                calling_aet=calling_aet,
+                sop_instance_uid=str(msg.AffectedSOPInstanceUID or "")[:64],
+                sop_class_uid=str(msg.AffectedSOPClassUID or "")[:64],
+                status=INVALID_REQUEST,
+                reason=reason,
+                at=utcnow(),
+            )
+        )
+
     def _key(self, event: Any) -> int:
+        return self._key_of(event.assoc)
+
+    def _key_of(self, assoc: Any) -> int:
         with self._lock:
-            return self._assoc_keys.get(id(event.assoc), 0)
+            return self._assoc_keys.get(id(assoc), 0)
+
+
+def answer_invalid_requests(assoc: Any, answer: Callable[[Any, Any, int], None]) -> None:
+    """Route the requests pynetdicom's acceptor would drop as invalid to `answer`.
+
+    pynetdicom's reactor only logs "Received unexpected ... service message" for them; the
+    peer then waits out its DIMSE timeout. Requests during release keep pynetdicom's path.
+    """
+    serve = getattr(assoc, "_serve_request", None)
+    if serve is None:  # a pynetdicom whose internals moved: its own behaviour stays
+        return
+
+    def serve_or_answer(msg: Any, context_id: int) -> None:
+        if msg is not None and not assoc._sent_release and not msg.is_valid_request:
+            answer(assoc, msg, context_id)
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_answer
 
 
 def _with_syntax(header: InstanceHeader, event: Any) -> InstanceHeader:

@@ -281,24 +281,29 @@ def test_element_value_that_cannot_be_decoded_gets_cannot_understand(make_scp) -
     assert incoming_empty(scp)
 
 
-def test_request_pynetdicom_drops_leaves_no_temp_file(make_scp) -> None:
-    """A C-STORE-RQ whose Affected SOP Instance UID is a lone backslash decodes to no UID:
-    pynetdicom drops the request unanswered (never acknowledged) and used to leave its
-    streamed data set in `.incoming`; the node aborts once `network_timeout_s` passes."""
-    scp = make_scp(network_timeout_s=1)
+def test_request_pynetdicom_would_drop_is_answered_and_leaves_no_temp_file(make_scp) -> None:
+    """A C-STORE-RQ whose Affected SOP Instance UID is a lone backslash decodes to no UID.
+    pynetdicom drops such a request unanswered (the sender waits out its DIMSE timeout and
+    never learns why) and used to leave its streamed data set in `.incoming`. The node
+    answers it 0xC004 at once, audits it, and the association goes on."""
+    scp = make_scp(network_timeout_s=5)
     ds = fresh_ct()
     with raw.RawPeer(scp.port, timeout_s=8) as peer:
         port = peer.sock.getsockname()[1]
         assert isinstance(peer.associate(CT_CONTEXTS), raw.Accepted)
-        for pdu in raw.store_fragments(1, raw.c_store_rq(raw.CT_IMAGE, "\\"), dataset_bytes(ds)):
-            peer.send(pdu)
-        took, seen = peer.wait_closed()
-    assert seen == [raw.ABORT] and took < 1 + 2.5
+        started = time.monotonic()
+        assert peer.c_store(1, raw.CT_IMAGE, "\\", dataset_bytes(ds)) == 0xC004
+        assert time.monotonic() - started < 2.5  # answered, not left to a timeout
+        assert peer.c_echo(3) == 0  # the association is still usable
+        peer.release()
     assert incoming_empty(scp)
     assoc, kinds = closed_association(scp, port)
-    assert assoc.outcome == "aborted" and not {"instance_stored", "instance_rejected"} & set(kinds)
+    assert assoc.outcome == "released" and "instance_stored" not in kinds
     assert not spool_path(scp, ds).exists()
     assert_healthy(scp)
+    scp.finish()
+    (event,) = audit_events(scp, "instance_rejected")
+    assert '"status": "0xC004"' in event.detail and "AffectedSOPInstanceUID" in event.detail
 
 
 # --- 3. UIDs built to escape the spool ------------------------------------------------------
