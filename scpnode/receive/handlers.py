@@ -373,11 +373,16 @@ class StoreHandlers:
             assoc.abort()
             return
         response = C_STORE()
-        response.MessageIDBeingRespondedTo = message_id
-        response.AffectedSOPClassUID = msg.AffectedSOPClassUID
-        response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
-        response.Status = INVALID_REQUEST
-        assoc.dimse.send_msg(response, context_id)
+        try:
+            response.MessageIDBeingRespondedTo = message_id
+            response.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            response.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+            response.Status = INVALID_REQUEST
+            assoc.dimse.send_msg(response, context_id)
+        except Exception:  # the reactor thread must not die: end the association instead
+            log.exception("could not answer an invalid C-STORE request; aborting")
+            assoc.abort()
+            return
         self.sink(
             InstanceRefused(
                 key=self._key_of(assoc),
@@ -409,7 +414,8 @@ def answer_invalid_requests(assoc: Any, answer: Callable[[Any, Any, int], None])
         return
 
     def serve_or_answer(msg: Any, context_id: int) -> None:
-        if msg is not None and not assoc._sent_release and not msg.is_valid_request:
+        releasing = getattr(assoc, "_sent_release", False)
+        if msg is not None and not releasing and not getattr(msg, "is_valid_request", True):
             answer(assoc, msg, context_id)
             return
         serve(msg, context_id)
