@@ -10,16 +10,19 @@ For each model at its own input size (untrained weights: throughput does not dep
 - **bare**: the forward pass alone on a ready ``[batch, 3, h, w]`` tensor (channels_last,
   inference mode), fp32, and under the serving precision's autocast when that is not fp32
   (``--precision auto``: bf16 on CUDA, fp16 where bf16 is missing; fp32 on a CPU);
+- **bare_lanes** (CPU, more than one torch thread): the same forward run the way the node's
+  scoring lanes run it, one thread per core, each on one torch thread (infer/stream.py);
 - **stream**: the worker's path, ``infer.stream.score_series``: DICOM read → decode → HU →
-  window → crop → resize → batch a batch or two ahead in a producer thread, forward →
-  sigmoid in the serving precision in the model's thread, on a synthetic series of
-  ``--slices`` 512x512 slices written once;
+  window → crop → resize → batch, then forward → sigmoid in the serving precision, on a
+  synthetic series of ``--slices`` 512x512 slices written once (on a CPU with several torch
+  threads in scoring lanes, else a batch or two ahead in a producer thread);
 - **read+predict**: the same series through ``read_slices_hu`` (everything decoded first),
   then ``predict``: no overlap between decode and the model;
 - **stream, decoder processes** (``--decode-processes N``): the same with
   ``model.decode_processes = N``: N spawned processes read, decode and preprocess;
 - **ratio**: stream slices/s / bare slices/s at the serving precision (1.0: the path adds
-  nothing to the forward; the node's target on CPU is >= 0.85 for CTnet-10).
+  nothing to the forward; the node's target on CPU is >= 0.85 for CTnet-10), and against
+  the faster of bare and bare_lanes (**stream / best bare**).
 
 ``--lung-gate`` also measures each slice's lung fraction on the stream and read+predict
 paths, as the worker does for a card whose aggregation has the lung gate (the demo's).
@@ -40,6 +43,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +88,27 @@ def rate(fn: Callable[[], object], items: int, seconds: float, sync: Callable[[]
         elapsed = time.perf_counter() - started
         if elapsed >= seconds:
             return runs * items / elapsed
+
+
+#: forwards per lane in one timed run of the bare forward in lanes
+LANE_FORWARDS = 4
+
+
+def in_lanes(forward: Callable[[], None], lanes: int, forwards: int) -> None:
+    """`forwards` calls of `forward` in each of `lanes` threads of one torch thread each."""
+
+    def lane() -> None:
+        torch.set_num_threads(1)
+        for _ in range(forwards):
+            forward()
+
+    own = torch.get_num_threads()
+    threads = [threading.Thread(target=lane) for _ in range(lanes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.set_num_threads(own)
 
 
 def loaded(name: str, device: torch.device, precision: str = "fp32") -> LoadedModel:
@@ -131,6 +156,9 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
         return forward
 
     runs: dict[str, Callable[[], object]] = {"bare_fp32": bare(None)}
+    lanes = torch.get_num_threads() if device.type == "cpu" else 1
+    if lanes > 1:  # the forward alone the way the node's lanes run it
+        runs["bare_lanes"] = lambda: in_lanes(bare(None), lanes, LANE_FORWARDS)
     if precision != "fp32":
         runs[f"bare_{precision}"] = bare(torch.bfloat16 if precision == "bf16" else torch.float16)
     measure = lung_fraction if args.lung_gate else None
@@ -147,6 +175,8 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
         runs["stream_pool"] = lambda: score_series(model, paths, batch_size=args.batch,
                                                    measure=measure, decoders=pool)  # fmt: skip
     items = {k: (args.batch if k.startswith("bare_") else len(paths)) for k in runs}
+    if "bare_lanes" in runs:
+        items["bare_lanes"] = args.batch * lanes * LANE_FORWARDS
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
         for key, fn in runs.items():
@@ -162,6 +192,9 @@ def bench_model(name: str, device: torch.device, paths: list[Path], args: argpar
         row["max_abs_dp"] = float(np.abs(predict(model, hu, batch_size=args.batch) - fp32).max())
     bare_rate = float(row[f"bare_{precision}"])  # type: ignore[arg-type]
     row["ratio"] = float(row["stream"]) / bare_rate  # type: ignore[arg-type]
+    if "bare_lanes" in row:  # against the faster of the two ways to run the bare forward
+        best = max(bare_rate, float(row["bare_lanes"]))  # type: ignore[arg-type]
+        row["ratio_best_bare"] = float(row["stream"]) / best  # type: ignore[arg-type]
     if "stream_pool" in row:
         row["ratio_pool"] = float(row["stream_pool"]) / bare_rate  # type: ignore[arg-type]
     row["samples"] = {k: [round(s, 1) for s in v] for k, v in samples.items()}
@@ -175,6 +208,9 @@ def table(rows: list[dict[str, object]]) -> str:
     head = ["model", "input", "device", "precision",
             *[f"{k} (slices/s)" for k in bare],
             "stream (slices/s)", "read+predict (slices/s)", "stream / bare"]  # fmt: skip
+    best = any("ratio_best_bare" in r for r in rows)
+    if best:
+        head.append("stream / best bare")
     if any("stream_pool" in r for r in rows):
         head[-1:-1] = ["stream, decoder processes (slices/s)", "that / bare"]
     dp = any("max_abs_dp" in r for r in rows)
@@ -188,6 +224,8 @@ def table(rows: list[dict[str, object]]) -> str:
         if "stream_pool" in r:
             cells += [f"{float(r['stream_pool']):.1f}", f"{float(r['ratio_pool']):.2f}"]  # type: ignore[arg-type]
         cells.append(f"{float(r['ratio']):.2f}")  # type: ignore[arg-type]
+        if best:
+            cells.append(f"{float(r['ratio_best_bare']):.2f}" if "ratio_best_bare" in r else "")  # type: ignore[arg-type]
         if dp:
             cells.append(f"{float(r['max_abs_dp']):.1e}" if "max_abs_dp" in r else "")  # type: ignore[arg-type]
         lines.append("| " + " | ".join(cells) + " |")

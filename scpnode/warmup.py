@@ -19,7 +19,7 @@ from scpnode.aggregate import aggregate
 from scpnode.domain import NodeIdentity, SliceScore
 from scpnode.infer.decoders import DecoderPool
 from scpnode.infer.engine import LoadedModel
-from scpnode.infer.stream import score_series
+from scpnode.infer.stream import cpu_lanes, score_series
 from scpnode.report import build_result_sr, sr_to_bytes
 from scpnode.synth import make_study_spec, write_study
 from scpnode.uids import derive_uid
@@ -38,7 +38,11 @@ def warm_up(
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="scpnode-warmup-") as tmp:
-            paths = write_study(make_study_spec(0, n_slices=max(1, batch_size)), Path(tmp))
+            # two batches where a CPU scores in lanes: a lane's one-thread forward is built
+            # apart from the main thread's
+            batches = min(2, cpu_lanes(model, decoders, 2))
+            n_slices = max(1, batch_size) * batches
+            paths = write_study(make_study_spec(0, n_slices=n_slices), Path(tmp))
             scored = score_series(model, paths, batch_size=batch_size, decoders=decoders)
             scores = [SliceScore(s.sop_instance_uid, s.sop_class_uid, i, s.z, s.probability)
                       for i, s in enumerate(scored)]  # fmt: skip

@@ -8,19 +8,30 @@ one, so the consumer runs only the forward; at most `prefetch` + 1 batches exist
 and only each slice's score (and, when asked, one per-slice measure such as the lung
 fraction of the lung gate) is kept. Slices are then put in anatomical order exactly as
 `read_slices_hu` orders them.
+
+On a CPU with more than one torch thread the producer thread loses: a forward that spreads
+over every core waits, at each layer, for the core the producer holds, and the producer's
+own resize fans out and spins on the cores the forward needs. There the series is scored
+in *lanes* instead (`_scored_in_lanes`): one thread per core, each taking the next batch,
+reading, preprocessing and scoring it on one torch thread. The cores never wait for each
+other, and the producer's work is shared by all of them (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scpnode.infer.decoders import DecoderPool, Prepared, SliceMeasure, prepare_paths
+import numpy as np
+import torch
+
+from scpnode.infer.decoders import NO_PIXELS, DecoderPool, Prepared, SliceMeasure, prepare_paths
 from scpnode.infer.dicom_slices import order_along_normal
 from scpnode.infer.engine import LoadedModel, score
 
@@ -79,11 +90,21 @@ def score_slices(
     """`score_series` without the ordering, in input order: for scoring part of a series.
 
     With `decoders`, batches are read, decoded and preprocessed by those processes (up to
-    `prefetch` + their number of batches ahead) instead of by one thread.
+    `prefetch` + their number of batches ahead) instead of by one thread. On a CPU with
+    several torch threads and more than one batch, the batches are scored in lanes.
     """
+    paths = list(paths)
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    lanes = cpu_lanes(model, decoders, len(chunks))
+    if lanes > 1:
+        scored: Iterable[tuple[Prepared, np.ndarray]] = _scored_in_lanes(
+            model, chunks, measure, lanes
+        )
+    else:
+        batches = _prepared_batches(model, chunks, measure, prefetch, decoders)
+        scored = ((ready, score(model, ready.batch)) for ready in batches)
     placed: list[PlacedScore] = []
-    for ready in _prepared_batches(model, list(paths), batch_size, measure, prefetch, decoders):
-        probs = score(model, ready.batch)
+    for ready, probs in scored:
         for (s, position, number), p, m in zip(ready.slices, probs, ready.measures,
                                                  strict=True):  # fmt: skip
             kept = ScoredSlice(s.sop_instance_uid, s.sop_class_uid, s.path, s.z, float(p), m)
@@ -91,15 +112,67 @@ def score_slices(
     return placed
 
 
+def cpu_lanes(model: LoadedModel, decoders: DecoderPool | None, batches: int) -> int:
+    """How many lanes score `batches` batches: the calling thread's torch threads on a CPU
+    (each lane one of them), 1 on an accelerator, with decoder processes, or for one batch."""
+    if model.device.type != "cpu" or decoders is not None:
+        return 1
+    return max(1, min(torch.get_num_threads(), batches))
+
+
+def _scored_in_lanes(
+    model: LoadedModel,
+    chunks: Sequence[Sequence[Path]],
+    measure: SliceMeasure | None,
+    lanes: int,
+) -> list[tuple[Prepared, np.ndarray]]:
+    """Every batch read, preprocessed and scored by `lanes` threads of one torch thread each,
+    in batch order. The first batch (in order) that failed raises, as on the other paths;
+    no lane starts a batch after a failed one. Only scores are kept: each lane holds one
+    batch of pixels at a time."""
+    results: list[tuple[Prepared, np.ndarray] | BaseException | None] = [None] * len(chunks)
+    taken = itertools.count()  # next() on it is atomic: each batch goes to one lane
+    first_failed = [len(chunks)]
+
+    def lane() -> None:
+        torch.set_num_threads(1)
+        while (j := next(taken)) < min(len(chunks), first_failed[0]):
+            try:
+                ready = prepare_paths(model.card, chunks[j], measure)
+                results[j] = (replace(ready, batch=NO_PIXELS), score(model, ready.batch))
+            except BaseException as exc:  # raised below, in batch order
+                results[j] = exc
+                first_failed[0] = min(first_failed[0], j)
+                return
+
+    own = torch.get_num_threads()
+    threads = [threading.Thread(target=lane, name=f"scoring-lane-{i}", daemon=True)
+               for i in range(lanes)]  # fmt: skip
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        # torch makes a thread's count the default of threads started later: give it back
+        torch.set_num_threads(own)
+    done: list[tuple[Prepared, np.ndarray]] = []
+    for item in results:
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:  # only after a failure, which raised above
+            raise RuntimeError("a scoring lane stopped without a result")
+        done.append(item)
+    return done
+
+
 def _prepared_batches(
     model: LoadedModel,
-    paths: list[Path],
-    batch_size: int,
+    chunks: list[list[Path]],
     measure: SliceMeasure | None,
     prefetch: int,
     decoders: DecoderPool | None,
 ) -> Iterator[Prepared]:
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     if decoders is not None:
         yield from _from_processes(decoders, chunks, measure, prefetch + decoders.processes)
         return
