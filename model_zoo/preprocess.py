@@ -361,13 +361,32 @@ def hu_batch_to_input(
     """Several slices → ``float32 [N, 3, h, w]``; each slice gets its own body crop
     (``boxes``: each slice's :func:`body_box`, when the caller already has them)."""
     out = np.empty((len(slices), 3, int(input_size[0]), int(input_size[1])), dtype=np.float32)
-    mean_vec, std_vec = _channel_vector(mean, "mean"), _channel_vector(std, "std")
     if boxes is not None and len(boxes) != len(slices):
         raise ValueError(f"{len(boxes)} boxes for {len(slices)} slices")
     for i, hu in enumerate(slices):
-        image = hu_to_image(
-            hu, input_size, window_center=window_center, window_width=window_width,
-            body_crop=body_crop, box=UNKNOWN if boxes is None else boxes[i],
+        hu_to_input_into(
+            hu, out[i], window_center=window_center, window_width=window_width, mean=mean,
+            std=std, body_crop=body_crop, box=UNKNOWN if boxes is None else boxes[i],
         )  # fmt: skip
-        _normalise_into(image, mean_vec, std_vec, out[i])
     return out
+
+
+def hu_to_input_into(
+    hu: np.ndarray,
+    out: np.ndarray,
+    *,
+    window_center: float = LUNG_WINDOW_CENTER,
+    window_width: float = LUNG_WINDOW_WIDTH,
+    mean: Norm,
+    std: Norm,
+    body_crop: bool = True,
+    box: Box | EllipsisType | None = UNKNOWN,
+) -> np.ndarray:
+    """:func:`hu_to_input` written into ``out`` (``float32 [3, h, w]``, one slice of a batch):
+    a batch can then be filled one slice at a time, each slice's HU dropped before the next
+    is read. ``box``: ``body_box(hu)`` when the caller already has it."""
+    image = hu_to_image(
+        hu, out.shape[-2:], window_center=window_center, window_width=window_width,
+        body_crop=body_crop, box=box,
+    )  # fmt: skip
+    return _normalise_into(image, _channel_vector(mean, "mean"), _channel_vector(std, "std"), out)

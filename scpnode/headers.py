@@ -6,13 +6,15 @@ analyse never re-reads hundreds of files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from scpnode.pixel_layout import find_layout
 
 OWN_MANUFACTURER = "scpnode"
 
@@ -45,6 +47,7 @@ class InstanceHeader:
     columns: int | None = None
     images_in_acquisition: int | None = None
     is_own: bool = False
+    pixel_layout: str | None = None  # `PixelLayout.encode()`: where the worker finds the pixels
 
     def row_fields(self) -> dict[str, Any]:
         """Column values for `InstanceRow` (UIDs are set by the caller)."""
@@ -53,10 +56,17 @@ class InstanceHeader:
 
 
 def read_header(path: Path) -> InstanceHeader:
-    """Parse the file up to the pixel data; raise `UnreadableDataset` with the reason."""
+    """Parse the file up to the pixel data; raise `UnreadableDataset` with the reason.
+
+    The summary also says where the pixels lie, when the file is the plain uncompressed case
+    (`scpnode.pixel_layout`): the worker then reads them without parsing the file again.
+    """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return summarise(ds)
+        with path.open("rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            layout = find_layout(ds, fp)  # fp is left at the pixel data
+        header = summarise(ds)
+        return header if layout is None else replace(header, pixel_layout=layout.encode())
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from exc
 

@@ -43,7 +43,7 @@ from scpnode.domain import (
 )
 from scpnode.extras import build_extras
 from scpnode.infer.decoders import DecoderPool
-from scpnode.infer.dicom_slices import SliceReadError, read_slice
+from scpnode.infer.dicom_slices import SliceReadError, known_slice, read_slice
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import ScoredSlice, in_anatomical_order, score_slices
 from scpnode.outbox import next_instance_number, previous_report, register_sr
@@ -168,7 +168,7 @@ def _analyse(
     # decoded ahead of the model: never the whole series in memory
     ready = load_prescores(ctx.db, selected, ctx.model.identity.weights_sha256,
                            need_measure=rule.lung_gate)  # fmt: skip
-    rest = [Path(r.path) for r in selected if r.id not in ready]
+    rest = [known_slice(r) for r in selected if r.id not in ready]
     slices = in_anatomical_order([
         *ready.values(),
         *score_slices(ctx.model, rest, batch_size=ctx.batch_size,

@@ -30,7 +30,7 @@ from scpnode.db.models import InstanceRow, PrescoreRow, StudyRow
 from scpnode.db.session import rowcount, writer_lock
 from scpnode.domain import StudyState
 from scpnode.infer.decoders import DecoderPool, SliceMeasure
-from scpnode.infer.dicom_slices import SliceReadError
+from scpnode.infer.dicom_slices import SliceReadError, known_slice
 from scpnode.infer.engine import LoadedModel
 from scpnode.infer.stream import PlacedScore, ScoredSlice, score_slices
 
@@ -143,7 +143,7 @@ class Prescorer:
         rows = [r for task in tasks for r in task.rows]
         try:
             with _threads(self.threads):
-                placed = score_slices(self.model, [Path(r.path) for r in rows],
+                placed = score_slices(self.model, [known_slice(r) for r in rows],
                                       batch_size=self.batch_size, measure=self.measure,
                                       decoders=self.decoders)  # fmt: skip
         except SliceReadError as exc:

@@ -120,6 +120,8 @@ class InstanceRow(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     columns: Mapped[int | None] = mapped_column(Integer)
     images_in_acquisition: Mapped[int | None] = mapped_column(Integer)  # expected count
+    # where the pixels lie in the file (scpnode.pixel_layout), for the worker; None: parse it
+    pixel_layout: Mapped[str | None] = mapped_column(Text)
 
 
 class JobRow(Base):

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 
 import numpy as np
 import torch
 from torch import nn
 
 from model_zoo.card import ModelCard, ModelCardError, WeightsMismatch, check_sha256, load_card
-from model_zoo.preprocess import Box, hu_batch_to_input
+from model_zoo.preprocess import UNKNOWN, Box, hu_batch_to_input, hu_to_input_into
 from model_zoo.registry import ModelSpec, get_spec
 from scpnode.domain import ModelIdentity
 
@@ -227,6 +228,17 @@ def prepare_for_card(
         body_crop=pre.body_crop,
         boxes=boxes,
     )
+
+
+def prepare_one_for_card(
+    card: ModelCard, hu: np.ndarray, out: np.ndarray, box: Box | EllipsisType | None = UNKNOWN
+) -> None:
+    """One slice of `prepare_for_card`, written into ``out`` (its row of the batch)."""
+    pre = card.preprocessing
+    hu_to_input_into(
+        hu, out, window_center=pre.window_center, window_width=pre.window_width,
+        mean=pre.mean, std=pre.std, body_crop=pre.body_crop, box=box,
+    )  # fmt: skip
 
 
 def _autocast(model: LoadedModel) -> contextlib.AbstractContextManager[object]:

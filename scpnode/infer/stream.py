@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from scpnode.infer.decoders import NO_PIXELS, DecoderPool, Prepared, SliceMeasure, prepare_paths
-from scpnode.infer.dicom_slices import order_along_normal
+from scpnode.infer.dicom_slices import SliceSource, order_along_normal
 from scpnode.infer.engine import LoadedModel, score
 
 _DONE = object()
@@ -60,7 +60,7 @@ class PlacedScore:
 
 def score_series(
     model: LoadedModel,
-    paths: Sequence[Path],
+    paths: Sequence[SliceSource],
     *,
     batch_size: int = 32,
     measure: SliceMeasure | None = None,
@@ -80,7 +80,7 @@ def score_series(
 
 def score_slices(
     model: LoadedModel,
-    paths: Sequence[Path],
+    paths: Sequence[SliceSource],
     *,
     batch_size: int = 32,
     measure: SliceMeasure | None = None,
@@ -122,7 +122,7 @@ def cpu_lanes(model: LoadedModel, decoders: DecoderPool | None, batches: int) ->
 
 def _scored_in_lanes(
     model: LoadedModel,
-    chunks: Sequence[Sequence[Path]],
+    chunks: Sequence[Sequence[SliceSource]],
     measure: SliceMeasure | None,
     lanes: int,
 ) -> list[tuple[Prepared, np.ndarray]]:
@@ -168,7 +168,7 @@ def _scored_in_lanes(
 
 def _prepared_batches(
     model: LoadedModel,
-    chunks: list[list[Path]],
+    chunks: list[list[SliceSource]],
     measure: SliceMeasure | None,
     prefetch: int,
     decoders: DecoderPool | None,
@@ -195,7 +195,7 @@ def _prepared_batches(
 
 def _from_processes(
     decoders: DecoderPool,
-    chunks: list[list[Path]],
+    chunks: list[list[SliceSource]],
     measure: SliceMeasure | None,
     ahead: int,
 ) -> Iterator[Prepared]:
@@ -226,7 +226,7 @@ def _with_z(s: ScoredSlice, z: float) -> ScoredSlice:
 
 def _produce(
     model: LoadedModel,
-    chunks: list[list[Path]],
+    chunks: list[list[SliceSource]],
     measure: SliceMeasure | None,
     batches: queue.Queue[object],
     stop: threading.Event,

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from scpnode.clock import utcnow
 from scpnode.db.models import InstanceRow, PrescoreRow, SliceScoreRow, StudyRow
+from scpnode.infer.dicom_slices import KnownSlice
 from scpnode.infer.stream import score_series
 from scpnode.prescore import Prescorer
 from scpnode.queue import sweep_completions
@@ -83,6 +85,42 @@ def test_slices_are_scored_while_the_study_arrives_and_reused_by_its_job(make_ri
     assert len(cold) == N
     np.testing.assert_allclose(
         [stored[s.sop_instance_uid] for s in cold], [s.probability for s in cold], atol=1e-6
+    )
+
+
+def test_the_worker_reads_the_pixels_where_the_scp_noted_them(
+    make_rig: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring ahead and the job get each slice with its row's pixel layout, not a bare path
+    to parse again; the scores are those of parsing the files."""
+    from scpnode import pipeline, prescore
+
+    rig = make_rig()
+    given: list[object] = []
+    for module in (prescore, pipeline):
+        real = module.score_slices
+
+        def spy(model, sources, *args, real=real, **kwargs):  # type: ignore[no-untyped-def]
+            given.extend(sources)
+            return real(model, sources, *args, **kwargs)
+
+        monkeypatch.setattr(module, "score_slices", spy)
+    spec = make_study_spec(96, n_slices=N)
+    datasets = list(iter_study_datasets(spec))
+    assert rig.send(datasets[: N // 2]) == [0] * (N // 2)
+    rig.recorder.flush()
+    drain(rig.worker.prescorer)
+    assert len(given) == N // 2
+    with rig.worker.ctx.db.session() as s:  # half the study is not there to score ahead
+        s.execute(delete(PrescoreRow).where(PrescoreRow.id % 2 == 0))
+    assert rig.send(datasets[N // 2 :]) == [0] * (N - N // 2)
+    rig.complete_and_process()
+    assert rig.studies()[spec.study_instance_uid]["status"] == "delivered"
+    assert len(given) == N + N // 4 and all(isinstance(g, KnownSlice) for g in given)
+    parsed = score_series(rig.worker.ctx.model, list(instance_paths(rig).values()))
+    stored = slice_scores(rig)
+    np.testing.assert_allclose(
+        [stored[s.sop_instance_uid] for s in parsed], [s.probability for s in parsed], atol=1e-6
     )
 
 

@@ -18,6 +18,8 @@ from sqlalchemy import select
 
 from scpnode.db.models import AssociationRow, AuditEventRow, InstanceRow, StudyRow
 from scpnode.dicomnet import IMPLEMENTATION_CLASS_UID
+from scpnode.infer.dicom_slices import KnownSlice, known_slice, read_known, read_slice
+from scpnode.pixel_layout import PixelLayout, read_stored
 from scpnode.receive import fastpath
 from scpnode.send import Peer, echo, store_datasets
 from tests.conftest import PEER_ENV, ct_small, need
@@ -60,6 +62,12 @@ def test_storescu_instance_lands_in_spool_and_audit(make_scp, tmp_path: Path) ->
     assert (assoc.calling_aet, assoc.outcome, assoc.instances) == ("CT01", "released", 1)
     assert study.state == "receiving" and study.first_calling_aet == "CT01"
     assert [e.kind for e in events(scp, "instance_stored")] == ["instance_stored"]
+    # the SCP noted where the pixels lie: the worker reads them without parsing the file
+    known = known_slice(inst)
+    assert isinstance(known, KnownSlice) and read_stored(stored, known.layout) is not None
+    got, expected = read_known(known), read_slice(stored)
+    assert (got[0].z, got[1], got[2]) == (expected[0].z, expected[1], expected[2])
+    assert (got[0].hu == expected[0].hu).all()
 
 
 def test_echo_and_nagle_disabled(make_scp) -> None:
@@ -204,6 +212,9 @@ def test_duplicate_is_noop_and_changed_resend_replaces(make_scp) -> None:
         inst = s.scalars(select(InstanceRow)).one()
     assert inst.versions == 2 and inst.series_description == "RECONSTRUCTED AGAIN"
     assert len(list(scp.spool.replaced.iterdir())) == 1
+    layout = PixelLayout.decode(inst.pixel_layout)  # the new version's, for the new file
+    assert layout is not None and layout.inode == Path(inst.path).stat().st_ino
+    assert read_stored(Path(inst.path), layout) is not None
 
 
 def test_rle_compressed_ct_is_accepted_as_sent(make_scp) -> None:
@@ -215,6 +226,7 @@ def test_rle_compressed_ct_is_accepted_as_sent(make_scp) -> None:
     with scp.db.session() as s:
         inst = s.scalars(select(InstanceRow)).one()
     assert inst.transfer_syntax_uid == RLELossless
+    assert inst.pixel_layout is None  # decoded by pydicom's plugins, the long way
     stored = pydicom.dcmread(inst.path)
     assert (stored.pixel_array == ct_small().pixel_array).all()
 

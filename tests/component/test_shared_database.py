@@ -184,7 +184,7 @@ def test_upgrade_from_empty_then_again_is_a_no_op(db_url: str) -> None:
         assert compare_metadata(context, Base.metadata) == []  # migrations == models
     db.upgrade()
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == revision == "0002"
+        assert MigrationContext.configure(conn).get_current_revision() == revision == "0003"
         assert sorted(inspect(conn).get_table_names()) == tables
     db.dispose()
 

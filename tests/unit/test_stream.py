@@ -77,7 +77,7 @@ def test_at_most_a_few_batches_are_decoded_at_once(
         scored[0] += len(batch)
         return engine.score(model, batch)
 
-    monkeypatch.setattr(decoders, "read_slice", counting_read)
+    monkeypatch.setattr(decoders, "read_source", counting_read)
     monkeypatch.setattr(stream, "score", counting_score)
     got = stream.score_series(model, paths, batch_size=3, prefetch=1)
     assert len(got) == 24 and scored[0] == 24
