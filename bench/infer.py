@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -66,7 +67,6 @@ from model_zoo.card import (
 )
 from model_zoo.preprocess import lung_fraction
 from model_zoo.registry import get_spec, names
-from scpnode.db.models import InstanceRow
 from scpnode.domain import ModelIdentity
 from scpnode.headers import read_header
 from scpnode.infer.decoders import DecoderPool
@@ -102,7 +102,9 @@ def as_received(paths: list[Path]) -> list[SliceSource]:
     sources = []
     for path in paths:
         header = read_header(path)
-        row = InstanceRow(path=str(path), sop_instance_uid=header.sop_uid, **header.row_fields())
+        # the instance row's fields (a namespace: a GPU box may lack SQLAlchemy)
+        row = SimpleNamespace(path=str(path), sop_instance_uid=header.sop_uid,
+                              **header.row_fields())  # fmt: skip
         sources.append(known_slice(row))
     if not all(isinstance(s, KnownSlice) for s in sources):
         raise SystemExit("the synthetic slices should all have a pixel layout")

@@ -174,7 +174,7 @@ class ModelSettings(_Section):
     batch_size: int | str = "auto"  # 1-4096, or auto: 16 on a CPU, 64 on CUDA
     key_slices: int = Field(default=5, ge=1, le=50)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
-    decode_processes: int = Field(default=0, ge=0, le=64)  # 0: one decoder thread per worker
+    decode_processes: int = Field(default=0, ge=0, le=64)  # 0: in the worker (CPU: lanes)
 
     @field_validator("batch_size", mode="before")
     @classmethod
