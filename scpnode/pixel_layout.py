@@ -15,9 +15,11 @@ matches (a re-sent version replaced it) is read the long way, as before.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO
 
@@ -121,13 +123,28 @@ def find_layout(ds: Dataset, fp: BinaryIO) -> PixelLayout | None:
 
 def _rescale(ds: Dataset) -> tuple[float | None, float | None] | None:
     """(slope, intercept); (None, None) without a full rescale (pydicom then applies none);
-    None for one that is present but not a number."""
+    None for one that is present but unusable (the long path says what is wrong)."""
     if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
         return None, None
-    slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
-    if not isinstance(slope, float) or not isinstance(intercept, float):
-        return None  # empty, or several values: pydicom's own path says what is wrong
-    return float(slope), float(intercept)
+    return usable_rescale(ds.RescaleSlope, ds.RescaleIntercept)
+
+
+def usable_rescale(slope: object, intercept: object) -> tuple[float, float] | None:
+    """The header's Rescale Slope and Intercept as numbers, or None unless each is one
+    finite number and the slope is not 0 (empty, several values, text: not a rescale)."""
+    numbers = [_one_number(slope), _one_number(intercept)]
+    if numbers[0] is None or numbers[1] is None:
+        return None
+    if not (math.isfinite(numbers[0]) and math.isfinite(numbers[1])) or numbers[0] == 0.0:
+        return None
+    return numbers[0], numbers[1]
+
+
+def _one_number(value: object) -> float | None:
+    """A DS value pydicom parsed into one number (float, or Decimal with `use_DS_decimal`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    return float(value)
 
 
 def read_stored(path: Path, layout: PixelLayout) -> np.ndarray | None:

@@ -152,6 +152,13 @@ class Prescorer:
             log.info("slice not scored ahead; its job will report it",
                      extra={"study_id": bad[0].study_id, "reason": exc.reason})  # fmt: skip
             return True
+        except Exception:
+            # not a bad file but our failure on these slices: left to the job (which fails
+            # with a reason, or reports them), rather than retried at every poll
+            self._unreadable.update((r.id, r.sha256) for r in rows)
+            log.exception("scoring ahead failed; the job will score these slices",
+                          extra={"studies": len(tasks), "slices": len(rows)})  # fmt: skip
+            return True
         by_path = {p.slice.path: p for p in placed}
         stored = sum(self._store(t, [by_path[Path(r.path)] for r in t.rows]) for t in tasks)
         seconds = round(time.perf_counter() - started, 3)

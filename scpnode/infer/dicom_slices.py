@@ -26,7 +26,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from scpnode.pixel_layout import STORED_DTYPES, PixelLayout, correct_unused_bits, read_stored
+from scpnode.pixel_layout import (
+    STORED_DTYPES,
+    PixelLayout,
+    correct_unused_bits,
+    read_stored,
+    usable_rescale,
+)
 
 T = TypeVar("T")
 
@@ -88,6 +94,7 @@ def _decode_hu(ds: Dataset, path: Path) -> np.ndarray:
         raise SliceReadError(path, "no pixel data")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise SliceReadError(path, "multi-frame image (Enhanced CT is not analysed yet)")
+    _check_rescale(ds, path)
     stored = _native_stored_values(ds)
     if stored is not None:
         return _stored_to_hu(stored, ds)
@@ -100,6 +107,17 @@ def _decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     if pixels.ndim != 2:
         raise SliceReadError(path, f"expected a 2-D greyscale image, got shape {pixels.shape}")
     return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+
+
+def _check_rescale(ds: Dataset, path: Path) -> None:
+    """A rescale the modality LUT can apply: one finite number each, a slope other than 0.
+    Anything else (empty, several values, text) is a slice we cannot turn into HU, said so,
+    rather than a TypeError that fails the job without a report."""
+    if ds.get("ModalityLUTSequence") or "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return  # the LUT applies, or no rescale at all: the stored values are the HU
+    if usable_rescale(ds.RescaleSlope, ds.RescaleIntercept) is None:
+        shown = " / ".join(str(ds.get(k))[:32] for k in ("RescaleSlope", "RescaleIntercept"))
+        raise SliceReadError(path, f"unusable Rescale Slope / Intercept ({shown})")
 
 
 def _native_stored_values(ds: Dataset) -> np.ndarray | None:

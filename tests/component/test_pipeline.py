@@ -137,6 +137,18 @@ def test_undecodable_pixels_end_not_analysed(make_rig: Any) -> None:
     assert row["status"] == "not_analysed" and "undecodable" in row["reason"]
 
 
+def test_an_unusable_rescale_ends_not_analysed_with_its_reason(make_rig: Any) -> None:
+    rig = make_rig()
+    spec = make_study_spec(25, n_slices=SLICES)
+    datasets = list(iter_study_datasets(spec))
+    datasets[2].RescaleIntercept = ["-1024", "0"]  # two values where one number belongs
+    assert rig.send(datasets) == [0] * SLICES  # acknowledged: stored as received
+    rig.complete_and_process()
+    row = rig.studies()[spec.study_instance_uid]
+    assert row["status"] == "not_analysed"
+    assert "unusable Rescale Slope / Intercept (1" in row["reason"]
+
+
 def test_pacs_down_is_retried_until_it_comes_back(make_rig: Any) -> None:
     rig = make_rig(start_pacs=False)
     spec = make_study_spec(25, n_slices=SLICES)

@@ -206,6 +206,30 @@ def test_an_undecodable_slice_is_left_to_the_job_and_the_rest_is_scored(make_rig
     assert prescored(rig) == 0
 
 
+def test_a_failure_scoring_ahead_is_not_retried_at_every_poll(
+    make_rig: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a bad file but a failure of ours: the slices are left to the job, which reports
+    the study, instead of the same batch failing again at every poll."""
+    from scpnode import prescore
+
+    rig = make_rig()
+    calls = [0]
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        raise RuntimeError("out of something")
+
+    monkeypatch.setattr(prescore, "score_slices", failing)
+    spec = make_study_spec(97, n_slices=N)
+    assert rig.send(list(iter_study_datasets(spec))) == [0] * N
+    rig.recorder.flush()
+    assert drain(rig.worker.prescorer) == 1 and calls[0] == 1
+    assert prescored(rig) == 0
+    rig.complete_and_process()
+    assert rig.studies()[spec.study_instance_uid]["status"] == "delivered"
+
+
 def test_one_batch_is_filled_across_studies_arriving_at_once(make_rig: Any) -> None:
     rig = make_rig()
     small = [make_study_spec(96 + i, n_slices=6) for i in range(2)]

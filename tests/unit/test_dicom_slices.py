@@ -196,3 +196,24 @@ def test_unusual_native_layouts_go_through_pydicom(tmp_path: Path) -> None:
     assert dicom_slices._native_stored_values(pydicom.dcmread(tmp_path / "short.dcm")) is None
     with pytest.raises(SliceReadError, match="cannot decode pixel data"):
         read_slices_hu([tmp_path / "short.dcm"])
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept"),
+    [("1", ["-1024", "0"]), ("1", ""), ("0", "-1024"), (["1", "2"], "-1024")],
+    ids=["two-intercepts", "empty-intercept", "zero-slope", "two-slopes"],
+)
+@pytest.mark.parametrize("compressed", [False, True], ids=["native", "rle"])
+def test_an_unusable_rescale_is_a_slice_read_error(
+    tmp_path: Path, slope: object, intercept: object, compressed: bool
+) -> None:
+    """Not a TypeError that fails the job without a report: the study gets a not-analysed SR
+    that says why."""
+    ds = write_ct(tmp_path / "r.dcm", hu_image(13))
+    if compressed:
+        ds.compress(RLELossless)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.save_as(tmp_path / "r.dcm")
+    with pytest.raises(SliceReadError, match="unusable Rescale Slope / Intercept") as err:
+        read_slices_hu([tmp_path / "r.dcm"])
+    assert err.value.path == tmp_path / "r.dcm"

@@ -135,6 +135,12 @@ def _two_intercepts(path: Path) -> None:
     ds.save_as(path)
 
 
+def _zero_slope(path: Path) -> None:
+    ds = write_ct(path, hu_image(10))
+    ds.RescaleSlope = "0"
+    ds.save_as(path)
+
+
 @pytest.mark.parametrize("make", [_rle, _modality_lut, _rgb, _short, _two_intercepts])
 def test_files_that_are_not_the_plain_case_get_no_layout(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "x.dcm"
