@@ -72,13 +72,19 @@ def normal_position(ds: Dataset) -> float | None:
 
 
 def _projected(ipp: Sequence[float] | None, iop: Sequence[float] | None) -> float | None:
+    """None for geometry that is missing or not numbers (a malformed DS the reader kept as
+    text): the series is then ordered by InstanceNumber, never half by one key."""
     if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
         return None
-    cosines = np.asarray(iop, dtype=np.float64)
+    try:
+        cosines = np.asarray(iop, dtype=np.float64)
+        position = np.asarray(ipp, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
     normal = np.cross(cosines[:3], cosines[3:])
     if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
         return None
-    return float(np.dot(np.asarray(ipp, dtype=np.float64), normal))
+    return float(np.dot(position, normal))
 
 
 def _instance_number(ds: Dataset) -> float:

@@ -99,6 +99,21 @@ def test_geometry_and_numbers_come_from_the_row(tmp_path: Path) -> None:
     assert_same_slice(got, read_slice(bare))
 
 
+def test_geometry_that_is_not_numbers_orders_by_instance_number_on_both_paths(
+    tmp_path: Path,
+) -> None:
+    """A position pydicom keeps as text (one value "-1x0.0"): no geometry, not a crash."""
+    path = tmp_path / "bad-position.dcm"
+    ds = write_ct(path, hu_image(14), number=9)
+    ds.ImagePositionPatient = ["-100.0", "-120.0", "9.5"]
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"-100.0", b"-1x0.0", 1))
+    parsed = read_slice(path)
+    assert parsed[1] is None and parsed[0].z == 9.0
+    assert_same_slice(read_known(known_slice(row_of(path))), parsed)  # type: ignore[arg-type]
+
+
 def _rle(path: Path) -> None:
     ds = write_ct(path, hu_image(6))
     ds.compress(RLELossless)
