@@ -1,6 +1,7 @@
 """DICOM → HU slices: ordering along the normal, modality LUT, compressed syntaxes."""
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,21 @@ def _pydicom_hu(path: Path) -> np.ndarray:
     return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
 
 
+def native_layouts(test: Callable[..., None]) -> Callable[..., None]:
+    """The 48 native layouts a test runs on: 8 and 16 bits allocated, 7, 12 and 16 stored,
+    signed and unsigned, four rescales (none among them), explicit and implicit VR."""
+    for mark in (
+        pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        pytest.mark.parametrize("rescale", [(1, -1024), (1, 0), (2.5, -1000.25), None]),
+        pytest.mark.parametrize(
+            ("bits", "stored", "signed"),
+            [(16, 16, 1), (16, 12, 1), (16, 12, 0), (16, 16, 0), (8, 8, 0), (8, 7, 1)],
+        ),
+    ):
+        test = mark(test)
+    return test
+
+
 def _native_variant(
     path: Path, *, bits: int, stored: int, signed: int, syntax: str, rescale: tuple | None
 ) -> None:
@@ -153,12 +169,7 @@ def _native_variant(
     ds.save_as(path, enforce_file_format=True)
 
 
-@pytest.mark.parametrize(
-    ("bits", "stored", "signed"),
-    [(16, 16, 1), (16, 12, 1), (16, 12, 0), (16, 16, 0), (8, 8, 0), (8, 7, 1)],
-)
-@pytest.mark.parametrize("rescale", [(1, -1024), (1, 0), (2.5, -1000.25), None])
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@native_layouts
 def test_native_pixels_read_directly_match_pydicom(
     tmp_path: Path, bits: int, stored: int, signed: int, rescale: tuple | None, syntax: str,
     monkeypatch: pytest.MonkeyPatch,

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import RLELossless
 
 from scpnode.headers import read_header
 from scpnode.infer import dicom_slices
@@ -24,7 +24,7 @@ from scpnode.infer.dicom_slices import (
     read_slice,
 )
 from scpnode.pixel_layout import PixelLayout, read_stored
-from tests.unit.test_dicom_slices import _native_variant, hu_image, write_ct
+from tests.unit.test_dicom_slices import _native_variant, hu_image, native_layouts, write_ct
 
 
 def row_of(path: Path) -> SimpleNamespace:
@@ -43,12 +43,7 @@ def assert_same_slice(got: tuple, expected: tuple) -> None:
     assert np.array_equal(s.hu, e.hu)
 
 
-@pytest.mark.parametrize(
-    ("bits", "stored", "signed"),
-    [(16, 16, 1), (16, 12, 1), (16, 12, 0), (16, 16, 0), (8, 8, 0), (8, 7, 1)],
-)
-@pytest.mark.parametrize("rescale", [(1, -1024), (1, 0), (2.5, -1000.25), None])
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@native_layouts
 def test_a_layout_reads_the_same_slice_as_parsing_the_file(
     tmp_path: Path, bits: int, stored: int, signed: int, rescale: tuple | None, syntax: str
 ) -> None:
