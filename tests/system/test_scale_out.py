@@ -56,6 +56,9 @@ allow_synthetic = true
 processes = 0
 lease_s = {LEASE_S}
 poll_interval_s = 0.2
+# the big study's job must last long enough to be killed in: with slices scored while they
+# arrive it is over in ~0.2 s, and the kill could land after it
+prescore = false
 [delivery]
 retry_initial_s = 1
 retry_max_s = 2
