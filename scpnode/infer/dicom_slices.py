@@ -271,10 +271,6 @@ def read_source(source: SliceSource | str) -> tuple[SliceHU, float | None, float
     return read_known(source) if isinstance(source, KnownSlice) else read_slice(source)
 
 
-def source_path(source: SliceSource | str) -> Path:
-    return source.path if isinstance(source, KnownSlice) else Path(source)
-
-
 def order_along_normal(read: Sequence[tuple[T, float | None, float, str]]) -> list[tuple[T, float]]:
     """(item, position or None, InstanceNumber, path) → items with their z, in anatomical order.
 
