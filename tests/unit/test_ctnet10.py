@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model_zoo.ctnet10 import FLAT_FEATURES, PARAMETER_COUNT, CTNet10
+from model_zoo.ctnet10 import CPU_TRUNK_SLICES, FLAT_FEATURES, PARAMETER_COUNT, CTNet10
 from model_zoo.registry import UnknownModelError, count_parameters, get_spec, names
 
 
@@ -52,3 +52,21 @@ def test_registry_builds_ctnet10() -> None:
 def test_unknown_model_lists_known_names() -> None:
     with pytest.raises(UnknownModelError, match=r"known models: .*ctnet10"):
         get_spec("vgg99")
+
+
+def test_serving_on_a_cpu_runs_the_convolutions_a_few_slices_at_a_time() -> None:
+    """Inference mode splits the trunk (cache-sized passes); the logits do not change."""
+    torch.manual_seed(0)
+    model = CTNet10().eval().to(memory_format=torch.channels_last)
+    x = (torch.randn(11, 3, 128, 128) * 3).contiguous(memory_format=torch.channels_last)
+    passes: list[int] = []
+    model.features.register_forward_hook(lambda _m, inputs, _o: passes.append(len(inputs[0])))
+    with torch.no_grad():  # gradients possible (training, Grad-CAM): one pass
+        whole = model(x)
+    assert passes == [11]
+    passes.clear()
+    with torch.inference_mode():
+        split = model(x)
+    assert passes == [len(part) for part in torch.arange(11).split(CPU_TRUNK_SLICES)]
+    assert len(passes) > 1
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
