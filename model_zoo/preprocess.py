@@ -11,6 +11,11 @@ so a model never sees a slice prepared differently from the ones it learned on. 
    deterministic);
 4. replicate to 3 channels and normalise with (mean, std).
 
+Serving may pass a slice as its stored integers plus an exact ``offset`` (the rescale
+intercept, when the slope is 1): ``hu = image + offset``. Each step then adds the offset only
+to the pixels it reads (the crop), so the full float32 HU image is never made; every float32
+value, and so the result, is the same to the bit.
+
 8-bit images that were already windowed (the COVID-CT PNGs, ``png-8bit`` models) enter after
 step 1 (:func:`image_to_input`); the body crop then works on the window's pseudo-HU, so both
 domains share steps 2-4 to the bit. :func:`lung_fraction` is the cheap HU-based lung-presence
@@ -19,6 +24,7 @@ gate the study aggregation uses (slices above and below the lungs do not vote).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from types import EllipsisType
 
@@ -42,11 +48,37 @@ Box = tuple[int, int, int, int]
 UNKNOWN: EllipsisType = ...
 
 
-def lung_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Map HU to [0, 1] through the window (clipped), as float32."""
+def lung_window(hu: np.ndarray, center: float, width: float, offset: float = 0.0) -> np.ndarray:
+    """Map HU (``hu + offset``) to [0, 1] through the window (clipped), as float32."""
     low = center - width / 2.0
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
+    out = (as_hu(hu, offset) - np.float32(low)) / np.float32(width)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def as_hu(image: np.ndarray, offset: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """``image + offset`` as float32 (in ``out`` when given): the HU of stored integers.
+
+    The integers convert to float32 exactly and the sum is rounded once, as when the HU
+    image is made whole first, so the same bits. Without an offset or ``out``, a float32
+    image is returned as it is.
+    """
+    if offset == 0.0 and out is None:
+        return np.asarray(image, dtype=np.float32)
+    if out is None:
+        out = np.empty(np.shape(image), dtype=np.float32)
+    return np.add(image, np.float32(offset), out=out, dtype=np.float32)
+
+
+def _above(image: np.ndarray, threshold: float) -> np.ndarray:
+    """``image > threshold``; on integers without a float pass (``x > t`` ⟺ ``x > floor(t)``)."""
+    if image.dtype.kind not in "iu":
+        return image > threshold
+    info, bound = np.iinfo(image.dtype), math.floor(threshold)
+    if bound < info.min:
+        return np.ones(image.shape, dtype=bool)
+    if bound >= info.max:
+        return np.zeros(image.shape, dtype=bool)
+    return image > image.dtype.type(bound)
 
 
 def _full_boxes(mask: np.ndarray, k: int) -> np.ndarray:
@@ -77,17 +109,20 @@ def _runs(mask: np.ndarray, k: int, axis: int) -> np.ndarray:
     return run
 
 
-def body_box(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> Box | None:
+def body_box(
+    hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU, offset: float = 0.0
+) -> Box | None:
     """Bounding box ``(r0, r1, c0, c1)`` (half-open) of the body, ignoring thin structures.
 
     Padding outside the scan circle (-2000, -3024 HU...) lies below any body threshold and is
     ignored. None when nothing thick enough is found (a slice of air): nothing to crop to.
     Large images are searched on a decimated grid (every 2nd pixel for 512x512): the box only
     has to be right to a pixel or two, and this keeps it well under a millisecond.
+    ``offset``: ``hu`` holds stored integers, ``hu + offset`` the HU (compared as integers).
     """
     hu = np.asarray(hu)
     step = max(1, min(hu.shape) // 256)
-    mask = hu[::step, ::step] > threshold
+    mask = _above(hu[::step, ::step], threshold - offset)
     k = max(2, round(OPENING_FRACTION * min(mask.shape)))
     if min(mask.shape) <= k:
         return None
@@ -110,7 +145,11 @@ def square_window(box: tuple[int, int, int, int], margin: float) -> tuple[int, i
 
 
 def crop_window(
-    hu: np.ndarray, *, body_crop: bool = True, box: Box | EllipsisType | None = UNKNOWN
+    hu: np.ndarray,
+    *,
+    body_crop: bool = True,
+    box: Box | EllipsisType | None = UNKNOWN,
+    offset: float = 0.0,
 ) -> tuple[int, int, int] | None:
     """The square ``(top, left, side)`` of ``hu`` that :func:`hu_to_input` resizes to the
     network input, or None when it resizes the whole slice (no crop, or no body found).
@@ -121,7 +160,7 @@ def crop_window(
     if not body_crop:
         return None
     if box is UNKNOWN:
-        box = body_box(hu)
+        box = body_box(hu, offset=offset)
     return None if box is None else square_window(box, CROP_MARGIN)
 
 
@@ -144,17 +183,20 @@ def _cut(img: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
 
 
 def _window_cut(
-    hu: np.ndarray, window: tuple[int, int, int], center: float, width: float
+    hu: np.ndarray, window: tuple[int, int, int], center: float, width: float, offset: float = 0.0
 ) -> np.ndarray:
-    """``_cut(lung_window(hu, center, width), window)`` in one pass over the crop only: the
-    same float32 operations on the same pixels, so the same bits."""
+    """``_cut(lung_window(hu, center, width, offset), window)`` over the crop only: the same
+    float32 operations on the same pixels, so the same bits."""
     top, left, side = window
     out = np.zeros((side, side), dtype=np.float32)
     sr0, sr1 = max(top, 0), min(top + side, hu.shape[0])
     sc0, sc1 = max(left, 0), min(left + side, hu.shape[1])
     part = out[sr0 - top : sr1 - top, sc0 - left : sc1 - left]
     low = center - width / 2.0
-    np.subtract(np.asarray(hu[sr0:sr1, sc0:sc1], dtype=np.float32), np.float32(low), out=part)
+    inside = hu[sr0:sr1, sc0:sc1]
+    if offset != 0.0:
+        inside = as_hu(inside, offset, out=part)
+    np.subtract(np.asarray(inside, dtype=np.float32), np.float32(low), out=part)
     np.divide(part, np.float32(width), out=part)
     np.clip(part, 0.0, 1.0, out=part)
     return out
@@ -201,21 +243,22 @@ def hu_to_image(
     window_width: float = LUNG_WINDOW_WIDTH,
     body_crop: bool = True,
     box: Box | EllipsisType | None = UNKNOWN,
+    offset: float = 0.0,
 ) -> np.ndarray:
     """Steps 1-3: one HU slice → window fraction ``float32 [h, w]`` in [0, 1].
 
     Training keeps this single channel (a third of the memory) and applies :func:`normalise`
     per batch; serving applies both at once in :func:`hu_to_input`. Same functions, same bits.
-    ``box``: ``body_box(hu)`` when the caller already has it.
+    ``box``: ``body_box(hu)`` when the caller already has it. ``offset``: see the module.
     """
     hu = np.asarray(hu)
     if hu.ndim != 2:
         raise ValueError(f"expected one 2-D HU slice, got shape {hu.shape}")
-    window = crop_window(hu, body_crop=body_crop, box=box)
+    window = crop_window(hu, body_crop=body_crop, box=box, offset=offset)
     if window is None:
-        img = lung_window(hu, window_center, window_width)
+        img = lung_window(hu, window_center, window_width, offset)
     else:  # window only the pixels inside the crop, straight into the padded square
-        img = _window_cut(hu, window, window_center, window_width)
+        img = _window_cut(hu, window, window_center, window_width, offset)
     return resize(img, (int(input_size[0]), int(input_size[1])))
 
 
@@ -312,21 +355,24 @@ def _enclosed(mask: np.ndarray) -> np.ndarray:
     return left & right & up & down
 
 
-def lung_fraction(hu: np.ndarray, box: Box | EllipsisType | None = UNKNOWN) -> float:
+def lung_fraction(
+    hu: np.ndarray, box: Box | EllipsisType | None = UNKNOWN, offset: float = 0.0
+) -> float:
     """Fraction of the body's bounding box that is aerated lung inside the body (~0.5 ms).
 
     The box is averaged down to a ~64-cell grid (noise), cells in :data:`LUNG_BAND_HU` count
     when soft tissue surrounds them in all four directions, so the air around the body and the
     partial-volume rim at the skin do not. Not a segmentation: a gate deciding which slices
-    may vote in the study aggregation. ``box``: ``body_box(hu)`` when the caller has it.
+    may vote in the study aggregation. ``box``: ``body_box(hu)`` when the caller has it;
+    ``offset``: see the module.
     """
     hu = np.asarray(hu)
     if box is UNKNOWN:
-        box = body_box(hu)
+        box = body_box(hu, offset=offset)
     if box is None:
         return 0.0
     r0, r1, c0, c1 = box
-    crop = np.asarray(hu[r0:r1, c0:c1], dtype=np.float32)
+    crop = as_hu(hu[r0:r1, c0:c1], offset)
     f = max(1, min(crop.shape) // _LUNG_GRID)
     h, w = crop.shape[0] // f * f, crop.shape[1] // f * f
     if h == 0 or w == 0:
@@ -381,12 +427,14 @@ def hu_to_input_into(
     std: Norm,
     body_crop: bool = True,
     box: Box | EllipsisType | None = UNKNOWN,
+    offset: float = 0.0,
 ) -> np.ndarray:
     """:func:`hu_to_input` written into ``out`` (``float32 [3, h, w]``, one slice of a batch):
     a batch can then be filled one slice at a time, each slice's HU dropped before the next
-    is read. ``box``: ``body_box(hu)`` when the caller already has it."""
+    is read. ``box``: ``body_box(hu)`` when the caller already has it; ``offset``: see the
+    module."""
     image = hu_to_image(
         hu, out.shape[-2:], window_center=window_center, window_width=window_width,
-        body_crop=body_crop, box=box,
+        body_crop=body_crop, box=box, offset=offset,
     )  # fmt: skip
     return _normalise_into(image, _channel_vector(mean, "mean"), _channel_vector(std, "std"), out)

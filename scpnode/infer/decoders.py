@@ -13,16 +13,16 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from model_zoo.card import ModelCard
 from model_zoo.preprocess import UNKNOWN, Box, body_box
-from scpnode.infer.dicom_slices import SliceHU, SliceSource, read_source
+from scpnode.infer.dicom_slices import NO_PIXELS, SliceHU, SliceSource, read_pixels
 from scpnode.infer.engine import prepare_one_for_card
 
-NO_PIXELS = np.empty((0, 0), dtype=np.float32)
+__all__ = ["NO_PIXELS", "DecoderPool", "Prepared", "SliceMeasure", "prepare_paths"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,9 @@ class Prepared:
     measures: list[float | None]
 
 
-#: a per-slice measure (the lung gate's `lung_fraction`): of the HU pixels and the body box
-#: the crop uses, found once for both
-SliceMeasure = Callable[[np.ndarray, Box | None], float]
+#: a per-slice measure (the lung gate's `lung_fraction`): of the pixels, the body box the
+#: crop uses (found once for both) and the pixels' offset to HU (`HUPixels`)
+SliceMeasure = Callable[[np.ndarray, Box | None, float], float]
 
 
 def prepare_paths(
@@ -45,10 +45,10 @@ def prepare_paths(
 ) -> Prepared:
     """Read, decode and preprocess one batch; raises SliceReadError for a bad file.
 
-    One slice at a time: its HU pixels (1 MB at 512x512) are dropped before the next slice
-    is read, so the allocator hands the same memory back. A batch of them alive at once
-    took fresh pages from the kernel for every slice, and the page faults cost more than
-    the decoding (0.4 ms a slice on a VM).
+    One slice at a time: its pixels are dropped before the next slice is read, so the
+    allocator hands the same memory back. A batch of them alive at once took fresh pages
+    from the kernel for every slice, and the page faults cost more than the decoding (0.4 ms
+    a slice on a VM). A spooled slice usually stays stored integers (`HUPixels`).
     """
     height, width = card.input_size
     batch = np.empty((len(paths), 3, height, width), dtype=np.float32)
@@ -56,11 +56,12 @@ def prepare_paths(
     measures: list[float | None] = []
     crop = measure is not None or card.preprocessing.body_crop
     for i, source in enumerate(paths):
-        s, position, number = read_source(source)
-        box = body_box(s.hu) if crop else None
-        measures.append(None if measure is None else float(measure(s.hu, box)))
-        prepare_one_for_card(card, s.hu, batch[i], box if crop else UNKNOWN)
-        slices.append((replace(s, hu=NO_PIXELS), position, number))
+        s, position, number, pixels = read_pixels(source)
+        values, offset = pixels.values, pixels.offset
+        box = body_box(values, offset=offset) if crop else None
+        measures.append(None if measure is None else float(measure(values, box, offset)))
+        prepare_one_for_card(card, values, batch[i], box if crop else UNKNOWN, offset)
+        slices.append((s, position, number))
     return Prepared(slices, batch, measures)
 
 

@@ -40,6 +40,8 @@ _NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndia
 _GREYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
 #: |values| below this are integers that float32 holds exactly
 _FLOAT32_EXACT = 2**24
+#: the pixels of a slice that is only an identity (its pixels were used and dropped)
+NO_PIXELS = np.empty((0, 0), dtype=np.float32)
 
 
 class SliceReadError(Exception):
@@ -173,12 +175,31 @@ def rescaled_hu(stored: np.ndarray, slope: float | None, intercept: float | None
     float32 either way)."""
     if slope is None or intercept is None:
         return stored.astype(np.float32)
-    if slope == 1.0 and intercept.is_integer() and abs(intercept) < _FLOAT32_EXACT - 2**16:
+    if _integer_offset(slope, intercept):
         hu = stored.astype(np.float32)
         return np.add(hu, np.float32(intercept), out=hu)
     wide = stored.astype(np.float64) * slope  # apply_modality_lut's own steps
     wide += intercept
     return wide.astype(np.float32)
+
+
+def _integer_offset(slope: float, intercept: float) -> bool:
+    """Whether HU = stored + intercept, an integer that float32 holds exactly (16-bit stored)."""
+    return slope == 1.0 and intercept.is_integer() and abs(intercept) < _FLOAT32_EXACT - 2**16
+
+
+@dataclass(frozen=True)
+class HUPixels:
+    """A slice's HU as ``values + offset``, the form `model_zoo.preprocess` takes.
+
+    For nearly every CT (16-bit stored values, slope 1, an integer intercept) these are the
+    stored integers and the intercept: the preprocessing adds the intercept only to the
+    pixels it reads (the body's crop), the same float32 bits, and the full float32 HU image
+    (1 MB at 512x512) is never made. Otherwise the HU themselves and 0.
+    """
+
+    values: np.ndarray
+    offset: float = 0.0
 
 
 def read_slice(path: Path | str) -> tuple[SliceHU, float | None, float]:
@@ -255,20 +276,46 @@ def read_known(known: KnownSlice) -> tuple[SliceHU, float | None, float]:
     stored = read_stored(known.path, known.layout)
     if stored is None:
         return read_slice(known.path)
-    layout, position = known.layout, known.position
-    item = SliceHU(
+    hu = rescaled_hu(stored, known.layout.slope, known.layout.intercept)
+    return _known_item(known, hu), known.position, known.instance_number
+
+
+def _known_item(known: KnownSlice, hu: np.ndarray) -> SliceHU:
+    position = known.position
+    return SliceHU(
         sop_instance_uid=known.sop_instance_uid,
         sop_class_uid=known.sop_class_uid,
         path=known.path,
         z=known.instance_number if position is None else position,
-        hu=rescaled_hu(stored, layout.slope, layout.intercept),
+        hu=hu,
     )
-    return item, position, known.instance_number
 
 
 def read_source(source: SliceSource | str) -> tuple[SliceHU, float | None, float]:
     """`read_known` or `read_slice`, whichever the source allows."""
     return read_known(source) if isinstance(source, KnownSlice) else read_slice(source)
+
+
+def read_pixels(source: SliceSource) -> tuple[SliceHU, float | None, float, HUPixels]:
+    """`read_source` for the scorers: the slice (its ``hu`` left empty), its position and
+    InstanceNumber, and its pixels as `HUPixels`."""
+    if isinstance(source, KnownSlice):
+        stored = read_stored(source.path, source.layout)
+        if stored is not None:
+            pixels = _stored_pixels(stored, source.layout.slope, source.layout.intercept)
+            return _known_item(source, NO_PIXELS), source.position, source.instance_number, pixels
+    item, position, number = read_slice(source.path if isinstance(source, KnownSlice) else source)
+    return replace(item, hu=NO_PIXELS), position, number, HUPixels(item.hu)
+
+
+def _stored_pixels(stored: np.ndarray, slope: float | None, intercept: float | None) -> HUPixels:
+    """The HU of `rescaled_hu`, kept as the stored integers and the intercept when exact."""
+    if stored.dtype.itemsize <= 2:
+        if slope is None or intercept is None:
+            return HUPixels(stored)
+        if _integer_offset(slope, intercept):
+            return HUPixels(stored, intercept)
+    return HUPixels(rescaled_hu(stored, slope, intercept))
 
 
 def order_along_normal(read: Sequence[tuple[T, float | None, float, str]]) -> list[tuple[T, float]]:

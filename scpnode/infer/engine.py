@@ -231,13 +231,18 @@ def prepare_for_card(
 
 
 def prepare_one_for_card(
-    card: ModelCard, hu: np.ndarray, out: np.ndarray, box: Box | EllipsisType | None = UNKNOWN
+    card: ModelCard,
+    hu: np.ndarray,
+    out: np.ndarray,
+    box: Box | EllipsisType | None = UNKNOWN,
+    offset: float = 0.0,
 ) -> None:
-    """One slice of `prepare_for_card`, written into ``out`` (its row of the batch)."""
+    """One slice of `prepare_for_card`, written into ``out`` (its row of the batch); the HU
+    are ``hu + offset`` (stored integers and their intercept: `dicom_slices.HUPixels`)."""
     pre = card.preprocessing
     hu_to_input_into(
         hu, out, window_center=pre.window_center, window_width=pre.window_width,
-        mean=pre.mean, std=pre.std, body_crop=pre.body_crop, box=box,
+        mean=pre.mean, std=pre.std, body_crop=pre.body_crop, box=box, offset=offset,
     )  # fmt: skip
 
 

@@ -14,17 +14,23 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless
 
+from model_zoo.card import ModelCard
+from model_zoo.preprocess import as_hu, lung_fraction
 from scpnode.headers import read_header
 from scpnode.infer import dicom_slices
+from scpnode.infer.decoders import prepare_paths
 from scpnode.infer.dicom_slices import (
     KnownSlice,
     SliceReadError,
     known_slice,
     read_known,
+    read_pixels,
     read_slice,
 )
 from scpnode.pixel_layout import PixelLayout, read_stored
+from scpnode.synth import make_study_spec, write_study
 from tests.unit.test_dicom_slices import _native_variant, hu_image, native_layouts, write_ct
+from tests.unit.test_engine import make_card
 
 
 def row_of(path: Path) -> SimpleNamespace:
@@ -208,3 +214,42 @@ def test_the_scoring_read_takes_the_layout_without_parsing(tmp_path: Path, monke
 
     monkeypatch.setattr(dicom_slices.pydicom, "dcmread", no_parsing)
     assert_same_slice(dicom_slices.read_source(source), expected)
+
+
+def _scorers_input(card: ModelCard, sources: list) -> tuple[np.ndarray, list]:
+    prepared = prepare_paths(card, sources, lung_fraction)
+    return prepared.batch, prepared.measures
+
+
+@native_layouts
+def test_the_scorers_prepare_the_same_input_from_the_stored_integers(
+    tmp_path: Path, bits: int, stored: int, signed: int, rescale: tuple | None, syntax: str
+) -> None:
+    """`read_pixels` keeps integers and the intercept where that is exact (slope 1, integer
+    intercept); the model input and the lung fraction are the parsed file's, to the bit."""
+    path = tmp_path / "n.dcm"
+    _native_variant(path, bits=bits, stored=stored, signed=signed, syntax=syntax,
+                    rescale=rescale)  # fmt: skip
+    source = known_slice(row_of(path))
+    assert isinstance(source, KnownSlice)
+    _, _, _, pixels = read_pixels(source)
+    assert np.array_equal(as_hu(pixels.values, pixels.offset), read_slice(path)[0].hu)
+    assert (pixels.values.dtype.kind in "iu") == (rescale is None or rescale[0] == 1)
+    card = make_card("0" * 64)
+    by_layout, parsed = _scorers_input(card, [source]), _scorers_input(card, [path])
+    assert np.array_equal(by_layout[0], parsed[0]) and by_layout[1] == parsed[1]
+
+
+def test_phantom_slices_from_their_layouts_score_as_parsed(tmp_path: Path) -> None:
+    """The common case end to end: 512x512 phantom slices (16-bit, slope 1, an integer
+    intercept) through the lungs, with a body crop and a lung fraction to find."""
+    paths = write_study(make_study_spec(2, covid=True, n_slices=6), tmp_path / "series")
+    sources = [known_slice(row_of(p)) for p in paths]
+    pixels = [read_pixels(s)[3] for s in sources]
+    assert all(p.values.dtype == np.int16 and p.offset in (-1000.0, -1024.0) for p in pixels)
+    card = make_card("0" * 64)
+    (batch, measures), (parsed_batch, parsed_measures) = (
+        _scorers_input(card, sources), _scorers_input(card, paths),
+    )  # fmt: skip
+    assert np.array_equal(batch, parsed_batch) and measures == parsed_measures
+    assert max(m for m in measures if m is not None) > 0.03  # lungs found in some slices

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from scpnode.infer import decoders, engine, stream
-from scpnode.infer.dicom_slices import SliceReadError, read_slice, read_slices_hu
+from scpnode.infer.dicom_slices import SliceReadError, read_pixels, read_slices_hu
 from scpnode.infer.engine import load_model, predict
 from tests.unit.test_dicom_slices import hu_image, write_ct
 from tests.unit.test_engine import weights  # noqa: F401 - the fixture
@@ -51,7 +51,9 @@ def test_same_scores_and_order_as_the_whole_series(
     paths = series(tmp_path, 11)
     whole = read_slices_hu(paths)
     expected = predict(model, [s.hu for s in whole], batch_size=4)
-    got = stream.score_series(model, paths, batch_size=4, measure=lambda hu, box: float(hu.mean()))
+    got = stream.score_series(
+        model, paths, batch_size=4, measure=lambda hu, _box, offset: float(hu.mean()) + offset
+    )
     assert [s.sop_instance_uid for s in got] == [s.sop_instance_uid for s in whole]
     assert [s.z for s in got] == [s.z for s in whole]
     np.testing.assert_allclose([s.probability for s in got], expected, rtol=1e-5, atol=1e-6)
@@ -71,13 +73,13 @@ def test_at_most_a_few_batches_are_decoded_at_once(
     def counting_read(path: Path):  # type: ignore[no-untyped-def]
         decoded[0] += 1
         most_ahead[0] = max(most_ahead[0], decoded[0] - scored[0])
-        return read_slice(path)
+        return read_pixels(path)
 
     def counting_score(model, batch):  # type: ignore[no-untyped-def]
         scored[0] += len(batch)
         return engine.score(model, batch)
 
-    monkeypatch.setattr(decoders, "read_source", counting_read)
+    monkeypatch.setattr(decoders, "read_pixels", counting_read)
     monkeypatch.setattr(stream, "score", counting_score)
     got = stream.score_series(model, paths, batch_size=3, prefetch=1)
     assert len(got) == 24 and scored[0] == 24
