@@ -4,7 +4,7 @@ The worker reads every slice of a study; parsing each file's header again cost i
 reading the pixels (0.6 of 0.75 ms per 512x512 slice, docs/performance.md). The SCP parses
 the header anyway, so it also notes where the Pixel Data value starts and how its stored
 values become HU; the instance row keeps that note (`instances.pixel_layout`), and the worker
-reads the pixel bytes straight from there (`scpnode.infer.dicom_slices.read_known`).
+reads the pixel bytes straight from there (`scpnode.infer.dicom_slices.read_pixels`).
 
 Only the plain case gets a layout: native little-endian, one greyscale sample, one frame, a
 rescale or none, no Modality LUT Sequence. The Pixel Data element header is checked when the

@@ -9,7 +9,7 @@ Most CT arrives uncompressed and little-endian. Those pixels are read straight f
 Pixel Data bytes (:func:`_native_stored_values`), with pydicom's own corrections: the same
 values, 0.1 ms instead of 0.7 ms per 512x512 slice. A spooled slice whose instance row
 holds its pixel layout (`scpnode.pixel_layout`, noted by the SCP) is not parsed at all:
-:func:`read_known` takes identity and geometry from the row and reads only the pixel bytes.
+:func:`read_pixels` takes identity and geometry from the row and reads only the pixel bytes.
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def rescaled_hu(stored: np.ndarray, slope: float | None, intercept: float | None
 
 
 def _integer_offset(slope: float, intercept: float) -> bool:
-    """Whether HU = stored + intercept, an integer that float32 holds exactly (16-bit stored)."""
+    """Whether HU = stored + intercept: slope 1 and an integer intercept, so that the HU of
+    16-bit stored values are integers float32 holds exactly."""
     return slope == 1.0 and intercept.is_integer() and abs(intercept) < _FLOAT32_EXACT - 2**16
 
 
@@ -200,6 +201,12 @@ class HUPixels:
 
     values: np.ndarray
     offset: float = 0.0
+
+    def hu(self) -> np.ndarray:
+        """The whole float32 HU image, as `read_slice` gives it."""
+        if self.offset == 0.0:
+            return self.values.astype(np.float32, copy=False)
+        return rescaled_hu(self.values, 1.0, self.offset)
 
 
 def read_slice(path: Path | str) -> tuple[SliceHU, float | None, float]:
@@ -272,12 +279,10 @@ def _numbers(text: str) -> list[float] | None:
 
 def read_known(known: KnownSlice) -> tuple[SliceHU, float | None, float]:
     """`read_slice` for a slice whose row has its pixel layout: only the pixel bytes are
-    read. A file that no longer matches the layout is read the long way."""
-    stored = read_stored(known.path, known.layout)
-    if stored is None:
-        return read_slice(known.path)
-    hu = rescaled_hu(stored, known.layout.slope, known.layout.intercept)
-    return _known_item(known, hu), known.position, known.instance_number
+    read. A file that no longer matches the layout is read the long way. (The scorers use
+    `read_pixels`, which this completes with the whole HU image.)"""
+    item, position, number, pixels = read_pixels(known)
+    return replace(item, hu=pixels.hu()), position, number
 
 
 def _known_item(known: KnownSlice, hu: np.ndarray) -> SliceHU:
@@ -291,14 +296,9 @@ def _known_item(known: KnownSlice, hu: np.ndarray) -> SliceHU:
     )
 
 
-def read_source(source: SliceSource | str) -> tuple[SliceHU, float | None, float]:
-    """`read_known` or `read_slice`, whichever the source allows."""
-    return read_known(source) if isinstance(source, KnownSlice) else read_slice(source)
-
-
 def read_pixels(source: SliceSource) -> tuple[SliceHU, float | None, float, HUPixels]:
-    """`read_source` for the scorers: the slice (its ``hu`` left empty), its position and
-    InstanceNumber, and its pixels as `HUPixels`."""
+    """What the scorers read of a file or a `KnownSlice`: the slice (its ``hu`` left empty),
+    its position and InstanceNumber, and its pixels as `HUPixels`."""
     if isinstance(source, KnownSlice):
         stored = read_stored(source.path, source.layout)
         if stored is not None:

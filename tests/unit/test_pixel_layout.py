@@ -213,7 +213,8 @@ def test_the_scoring_read_takes_the_layout_without_parsing(tmp_path: Path, monke
         raise AssertionError("the file was parsed")
 
     monkeypatch.setattr(dicom_slices.pydicom, "dcmread", no_parsing)
-    assert_same_slice(dicom_slices.read_source(source), expected)
+    item, position, number, pixels = dicom_slices.read_pixels(source)
+    assert_same_slice((replace(item, hu=pixels.hu()), position, number), expected)
 
 
 def _scorers_input(card: ModelCard, sources: list) -> tuple[np.ndarray, list]:
@@ -234,6 +235,7 @@ def test_the_scorers_prepare_the_same_input_from_the_stored_integers(
     assert isinstance(source, KnownSlice)
     _, _, _, pixels = read_pixels(source)
     assert np.array_equal(as_hu(pixels.values, pixels.offset), read_slice(path)[0].hu)
+    assert np.array_equal(pixels.hu(), read_slice(path)[0].hu)
     assert (pixels.values.dtype.kind in "iu") == (rescale is None or rescale[0] == 1)
     card = make_card("0" * 64)
     by_layout, parsed = _scorers_input(card, [source]), _scorers_input(card, [path])
