@@ -50,7 +50,7 @@ def study_instances(db: Database, study_id: int) -> list[InstanceRow]:
         return list(session.scalars(_on_disk(session, study_id).order_by(InstanceRow.id)))
 
 
-def _on_disk(session: Session, study_id: int) -> Select[tuple[InstanceRow]]:
+def _on_disk(session: Session, study_id: int) -> Select[InstanceRow]:
     study = session.get(StudyRow, study_id)
     query = select(InstanceRow).where(
         InstanceRow.study_id == study_id, InstanceRow.is_own.is_(False)

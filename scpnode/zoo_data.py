@@ -68,17 +68,19 @@ def load(
     labels: list[float] = []
     groups: list[str] = []
     lung: list[float] = []
-    window = {"window_center": pre.window_center, "window_width": pre.window_width}
+    center, width = pre.window_center, pre.window_width
     for item in items:
         if data.domain == "dicom-hu":
             for hu in read_series_hu(item.path):
-                images.append(hu_to_image(hu, size, body_crop=pre.body_crop, **window))
+                images.append(hu_to_image(hu, size, window_center=center, window_width=width,
+                                          body_crop=pre.body_crop))  # fmt: skip
                 lung.append(lung_fraction(hu))
                 labels.append(float(item.label))
                 groups.append(item.group)
         else:
             gray = read_gray8(item.path)
-            images.append(gray8_to_image(gray, size, body_crop=pre.body_crop, **window))
+            images.append(gray8_to_image(gray, size, window_center=center, window_width=width,
+                                         body_crop=pre.body_crop))  # fmt: skip
             labels.append(float(item.label))
             groups.append(item.group)
     group_label: dict[str, int] = {}

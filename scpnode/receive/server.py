@@ -34,7 +34,10 @@ class _SharedPortServer(ThreadedAssociationServer):
     one port and the kernel spreads incoming connections among them."""
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listening = self.socket
+        if listening is None:  # TCPServer makes it before binding; pynetdicom types it Optional
+            raise RuntimeError("the server has no socket to bind")
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
 
