@@ -24,9 +24,11 @@ gate the study aggregation uses (slices above and below the lungs do not vote).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from types import EllipsisType
+from typing import cast
 
 import numpy as np
 import torch
@@ -188,18 +190,41 @@ def _window_cut(
     """``_cut(lung_window(hu, center, width, offset), window)`` over the crop only: the same
     float32 operations on the same pixels, so the same bits."""
     top, left, side = window
-    out = np.zeros((side, side), dtype=np.float32)
     sr0, sr1 = max(top, 0), min(top + side, hu.shape[0])
     sc0, sc1 = max(left, 0), min(left + side, hu.shape[1])
+    inside_image = (sr0, sr1, sc0, sc1) == (top, top + side, left, left + side)
+    # only the part of the square outside the image needs its zeros written
+    out = (np.empty if inside_image else np.zeros)((side, side), dtype=np.float32)
     part = out[sr0 - top : sr1 - top, sc0 - left : sc1 - left]
     low = center - width / 2.0
     inside = hu[sr0:sr1, sc0:sc1]
-    if offset != 0.0:
-        inside = as_hu(inside, offset, out=part)
-    np.subtract(np.asarray(inside, dtype=np.float32), np.float32(low), out=part)
+    if _exact_sum(inside, offset - low, offset, low):
+        # stored integers: (x + offset) - low is the exact integer x + (offset - low), so
+        # one pass gives the bits of two
+        np.add(inside, np.float32(offset - low), out=part, dtype=np.float32)
+    else:
+        if offset != 0.0:
+            inside = as_hu(inside, offset, out=part)
+        np.subtract(np.asarray(inside, dtype=np.float32), np.float32(low), out=part)
     np.divide(part, np.float32(width), out=part)
     np.clip(part, 0.0, 1.0, out=part)
     return out
+
+
+#: float32 holds every integer of magnitude up to 2**24 exactly
+_FLOAT32_EXACT = 2**24
+
+
+def _exact_sum(values: np.ndarray, constant: float, *terms: float) -> bool:
+    """Whether ``values + constant`` and every partial sum of ``values`` with ``terms`` are
+    integers float32 holds exactly (16-bit integers and integer terms), so that adding
+    ``constant`` in one step rounds nothing that the steps would have rounded."""
+    if values.dtype.kind not in "iu" or values.dtype.itemsize > 2:
+        return False
+    numbers = (constant, *terms)
+    if not all(float(t).is_integer() for t in numbers):
+        return False
+    return 2**16 + sum(abs(t) for t in numbers) < _FLOAT32_EXACT
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -210,11 +235,21 @@ def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _channel_vector(value: Norm, name: str) -> np.ndarray:
-    """A scalar or 3 values, as a [3, 1, 1] float32 array for broadcasting."""
+    """A scalar or 3 values, as a [3, 1, 1] float32 array for broadcasting (read-only)."""
+    if np.ndim(value) == 0:
+        return _vector(float(cast(float, value)), name)
+    return _vector(tuple(float(v) for v in cast(Sequence[float], value)), name)
+
+
+@functools.lru_cache(maxsize=64)
+def _vector(value: float | tuple[float, ...], name: str) -> np.ndarray:
+    """Made once per card's (mean, std): building it took 0.04 ms of every slice's 0.7 ms."""
     vec = np.broadcast_to(np.asarray(value, dtype=np.float32).reshape(-1), (3,))
     if name == "std" and np.any(vec <= 0):
         raise ValueError(f"std must be positive, got {value!r}")
-    return vec.reshape(3, 1, 1)
+    out = np.array(vec.reshape(3, 1, 1))
+    out.flags.writeable = False
+    return out
 
 
 def hu_to_input(

@@ -11,6 +11,8 @@ from pydicom.uid import generate_uid
 
 from model_zoo.preprocess import (
     _block_mean,
+    _cut,
+    _window_cut,
     body_box,
     hu_batch_to_input,
     hu_to_input,
@@ -151,3 +153,25 @@ def test_block_mean_equals_the_mean_over_both_block_axes(f: int) -> None:
     image = np.ascontiguousarray(phantom(512)[100 : 100 + h, 150 : 150 + w])
     reference = image.reshape(h // f, f, w // f, f).mean(axis=(1, 3))
     assert np.array_equal(_block_mean(image, f), reference)  # integer HU: the same bits
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset"),
+    [(np.int16, -1024.0), (np.uint16, -1024.0), (np.int16, 0.0), (np.uint16, -1024.5),
+     (np.int32, -1024.0)],
+)  # fmt: skip
+@pytest.mark.parametrize("window", [(40, 30, 180), (-20, -15, 240), (100, 120, 200)])
+def test_windowing_the_crop_of_stored_integers_gives_the_bits_of_the_whole_hu_image(
+    dtype: type, offset: float, window: tuple[int, int, int]
+) -> None:
+    """The crop's window in one pass (integer offset and window) or in steps, inside the
+    image or reaching past its edges (zeros there), equals windowing the whole HU image."""
+    rng = np.random.default_rng(3)
+    low = 0 if dtype in (np.uint16,) else -2000
+    values = rng.integers(low, 4000, (256, 256)).astype(dtype)
+    hu = values.astype(np.float32) + np.float32(offset)
+    for center, width in ((-600.0, 1500.0), (-600.5, 1500.0), (40.0, 400.0)):
+        expected = _cut(lung_window(hu, center, width), window)
+        got = _window_cut(values, window, center, width, offset)
+        assert got.dtype == np.float32
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (center, offset)
