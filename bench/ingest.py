@@ -3,12 +3,15 @@ baseline), to a bare pynetdicom SCP whose handler does nothing (the stack's own 
 to our SCP (spool + recorder + SQLite); same files, same machine, no fsync on either side.
 
     .venv/bin/python bench/ingest.py [--slices 300] [--runs 5] [--senders 1] [--fastpath on]
-                                     [--receive-processes 1]
+                                     [--receive-processes 1] [--compare-reuseport]
 
 `--senders 4` sends four copies of the series at once (four `storescu`, `storescp --fork`).
 `--fastpath off` measures our SCP without receive/fastpath.py (pynetdicom's polling loops),
-to show what the adapter buys. Runs are interleaved (storescp, bare, node, storescp, ...) so
-a noisy machine slows all of them alike; prints medians and the ratio of each to storescp.
+to show what the adapter buys. `--receive-processes N` adds N-1 `scpnode receive` children on
+the node's listening socket, as `serve` runs them; `--compare-reuseport` also runs them
+binding the port themselves (SO_REUSEPORT: the kernel's hash picks the process). Runs are
+interleaved (storescp, bare, node, storescp, ...) so a noisy machine slows all of them
+alike; prints medians and the ratio of each to storescp.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sqlalchemy as sa
 from pydicom.uid import generate_uid
 
 from scpnode.config import NodeSettings
 from scpnode.db import Database
+from scpnode.db.models import AssociationRow
 from scpnode.ingest import Recorder
 from scpnode.receive import handlers as receive_handlers
 from scpnode.receive.server import ReceiveServer
@@ -104,9 +109,13 @@ def run_bare(folders: list[Path], work: Path) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_node(folders: list[Path], work: Path, processes: int = 1) -> tuple[float, float]:
-    """(last C-STORE acknowledged, last audit row written); `processes` > 1: this one plus
-    `scpnode receive` children on the same port, as `serve` runs them."""
+def run_node(
+    folders: list[Path], work: Path, processes: int = 1, join: str = "socket"
+) -> tuple[float, float, list[int]]:
+    """(last C-STORE acknowledged, last audit row written, associations per receiving
+    process); `processes` > 1: this one plus `scpnode receive` children accepting on its
+    listening socket, as `serve` runs them (`join="port"`: children binding the port
+    themselves, SO_REUSEPORT)."""
     work.mkdir(parents=True, exist_ok=True)
     db = Database(f"sqlite:///{work}/bench.db")
     db.upgrade()
@@ -115,7 +124,8 @@ def run_node(folders: list[Path], work: Path, processes: int = 1) -> tuple[float
     node = NodeSettings(host="127.0.0.1", receive_processes=processes)
     server = ReceiveServer(node, Spool(work / "spool"), recorder.submit)
     port = server.start(port=0)
-    children = start_receivers(work, port, processes - 1)
+    fd = server.listening_fd if join == "socket" and processes > 1 else None
+    children = start_receivers(work, port, processes - 1, fd)
     try:
         wire = send(folders, port, "SCPNODE")
         started = time.perf_counter()
@@ -123,7 +133,15 @@ def run_node(folders: list[Path], work: Path, processes: int = 1) -> tuple[float
         for child in children:  # each drains and writes its rows before it exits
             child.terminate()
             child.wait(60)
-        return wire, wire + (time.perf_counter() - started)
+        written = wire + (time.perf_counter() - started)
+        with db.session() as session:
+            owners = session.execute(
+                sa.select(sa.func.count())
+                .select_from(AssociationRow)
+                .group_by(AssociationRow.scp_owner)
+            ).scalars()
+            spread = sorted((int(n) for n in owners), reverse=True)
+        return wire, written, spread
     finally:
         for child in children:
             child.kill()
@@ -133,7 +151,9 @@ def run_node(folders: list[Path], work: Path, processes: int = 1) -> tuple[float
         shutil.rmtree(work, ignore_errors=True)
 
 
-def start_receivers(work: Path, port: int, count: int) -> list[subprocess.Popen[bytes]]:
+def start_receivers(
+    work: Path, port: int, count: int, listen_fd: int | None = None
+) -> list[subprocess.Popen[bytes]]:
     if count <= 0:
         return []
     config = work / "node.toml"
@@ -144,9 +164,13 @@ def start_receivers(work: Path, port: int, count: int) -> list[subprocess.Popen[
     )
     logs = [work / f"receive{i}.log" for i in range(count)]
     command = [sys.executable, "-m", "scpnode", "receive", "--config", str(config)]
+    where = ["--port", str(port)] if listen_fd is None else ["--listen-fd", str(listen_fd)]
     children = [
         subprocess.Popen(
-            [*command, "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
+            [*command, *where],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            pass_fds=() if listen_fd is None else (listen_fd,),
         )
         for log in logs
     ]
@@ -177,6 +201,12 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=1)
     parser.add_argument("--fastpath", choices=["on", "off"], default="on")
     parser.add_argument("--receive-processes", type=int, default=1, help="node.receive_processes")
+    parser.add_argument(
+        "--compare-reuseport",
+        action="store_true",
+        help="also run the children binding the port themselves (SO_REUSEPORT, the kernel's "
+        "hash picks the process) instead of sharing serve's listening socket",
+    )
     args = parser.parse_args()
     if args.fastpath == "off":
         receive_handlers.accelerate = lambda _assoc, _sock: None  # type: ignore[assignment]
@@ -187,14 +217,27 @@ def main() -> None:
         images = args.slices * len(folders)
         size = sum(p.stat().st_size for f in folders for p in f.rglob("*.dcm"))
         times: dict[str, list[float]] = {"storescp": [], "bare": [], "node": [], "node+db": []}
+        spreads: dict[str, list[list[int]]] = {"node": [], "reuseport": []}
         rp = args.receive_processes
+
+        def node_run(key: str, join: str) -> Callable[[Path], object]:
+            def run(work: Path) -> None:
+                wire, written, spread = run_node(folders, work, rp, join)
+                times[key].append(wire)
+                if key == "node":
+                    times["node+db"].append(written)
+                spreads[key].append(spread)
+
+            return run
+
         runners: list[tuple[str, Callable[[Path], object]]] = [
             ("storescp", lambda w: times["storescp"].append(run_storescp(folders, w))),
             ("bare", lambda w: times["bare"].append(run_bare(folders, w))),
-            ("node", lambda w: [times[k].append(t) for k, t in zip(("node", "node+db"),
-                                                                   run_node(folders, w, rp),
-                                                                   strict=True)]),
-        ]  # fmt: skip
+            ("node", node_run("node", "socket")),
+        ]
+        if args.compare_reuseport and rp > 1:
+            times["reuseport"] = []
+            runners.append(("reuseport", node_run("reuseport", "port")))
         for _ in range(args.runs):
             for name, run in runners:
                 run(root / f"{name}-{generate_uid()}")
@@ -209,10 +252,17 @@ def main() -> None:
             "bare": "pynetdicom, do-nothing handler",
             "node": "scpnode SCP (acked)",
             "node+db": "scpnode SCP + audit rows",
+            "reuseport": "scpnode SCP, SO_REUSEPORT (acked)",
         }
         for key, label in labels.items():
+            if key not in times:
+                continue
             t = statistics.median(times[key])
             print(f"{label:32s} {t:6.2f} s  {images / t:6.0f} images/s  ratio {t / base:5.2f}")
+        if rp > 1:  # how the kernel or the processes spread the senders, run by run
+            for key in ("node", "reuseport"):
+                if spreads[key]:
+                    print(f"associations per receiving process ({key}): {spreads[key]}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ def register(sub: Adder, with_config: WithConfig) -> None:
             "receive", help="one more receiving process on serve's port (serve starts these)"
         )
     )
-    p.add_argument("--port", type=int, required=True, help="the port serve is listening on")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--listen-fd", type=int, help="serve's listening socket, inherited (how serve starts these)"
+    )
+    where.add_argument("--port", type=int, help="join serve's port instead (SO_REUSEPORT)")
     p.set_defaults(handler=cmd_receive)
     p = sub.add_parser("demo", help="self-contained run on synthetic studies")
     p.add_argument("--studies", type=int, default=2)
@@ -252,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     from scpnode.node import run_receiver
 
-    return run_receiver(settings_from(args), args.port)
+    return run_receiver(settings_from(args), args.port, args.listen_fd)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

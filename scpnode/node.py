@@ -55,9 +55,15 @@ class WorkerPool:
     extra receiving processes), restarted when they die, stopped by PID."""
 
     def __init__(
-        self, count: int, config: Path | None, subcommand: str = "worker", args: Sequence[str] = ()
+        self,
+        count: int,
+        config: Path | None,
+        subcommand: str = "worker",
+        args: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.count = count
+        self.pass_fds = tuple(pass_fds)  # inherited by every child, restarted ones too
         self.name = subcommand
         self.command = [sys.executable, "-m", "scpnode", subcommand]
         if config is not None:
@@ -72,7 +78,7 @@ class WorkerPool:
         self._monitor.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.command, preexec_fn=_stop_with_parent)
+        proc = subprocess.Popen(self.command, preexec_fn=_stop_with_parent, pass_fds=self.pass_fds)
         log.info(f"{self.name} started", extra={"pid": proc.pid})
         return proc
 
@@ -157,7 +163,7 @@ class Node:
         self._started = True
         self.recorder.start()
         self.port = self.scp.start(port=port)
-        self._start_receivers(self.port)
+        self._start_receivers()
         self.scheduler.start()
         self.workers.start()
         self.console.start()
@@ -172,14 +178,18 @@ class Node:
             )
         return self.port
 
-    def _start_receivers(self, port: int) -> None:
-        """`node.receive_processes` - 1 `scpnode receive` children on our (shared) port."""
+    def _start_receivers(self) -> None:
+        """`node.receive_processes` - 1 `scpnode receive` children accepting on our listening
+        socket (one queue: each connection goes to the least busy process)."""
         extra = self.settings.node.receive_processes - 1
         if extra <= 0:
             return
         if self.settings.source is None:
             raise ValueError("node.receive_processes > 1 needs a configuration file")
-        self.receivers = WorkerPool(extra, self.settings.source, "receive", ["--port", str(port)])
+        fd = self.scp.listening_fd
+        self.receivers = WorkerPool(
+            extra, self.settings.source, "receive", ["--listen-fd", str(fd)], pass_fds=[fd]
+        )
         self.receivers.start()
 
     def stop(self) -> None:
@@ -236,10 +246,10 @@ class ReceivingProcess:
         self.recorder = Recorder(self.db, on_series_filled=self.sweeper.sweep_soon)
         self.scp = ReceiveServer(settings.node, spool, self.recorder.submit)
 
-    def start(self, port: int) -> int:
+    def start(self, port: int | None = None, listen_fd: int | None = None) -> int:
         self.sweeper.start()
         self.recorder.start()
-        return self.scp.start(port=port)
+        return self.scp.start(port=port, listen_fd=listen_fd)
 
     def stop(self) -> None:
         self.scp.stop()
@@ -248,13 +258,14 @@ class ReceivingProcess:
         self.db.dispose()
 
 
-def run_receiver(settings: Settings, port: int) -> int:
-    """`scpnode receive`: one more receiving process on `serve`'s port (SO_REUSEPORT)."""
+def run_receiver(settings: Settings, port: int | None, listen_fd: int | None = None) -> int:
+    """`scpnode receive`: one more receiving process, accepting on `serve`'s listening socket
+    (`listen_fd`, inherited) or joining its port (`port`, SO_REUSEPORT)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     receiving = ReceivingProcess(settings)
-    bound = receiving.start(port)
+    bound = receiving.start(port, listen_fd)
     log.info("receiving process listening", extra={"port": bound, "pid": os.getpid()})
     while not stop.wait(1.0):
         pass

@@ -8,7 +8,9 @@ settings, so only the SCP process (or a test that owns the process) calls `start
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import socket
 import tempfile
 import time
@@ -30,30 +32,105 @@ log = logging.getLogger(__name__)
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's server with SO_REUSEPORT set before bind: several processes listen on
-    one port and the kernel spreads incoming connections among them."""
+    """pynetdicom's server for several receiving processes on one port.
+
+    `serve` binds the port (SO_REUSEPORT set, so a hand-started `scpnode receive --port` can
+    still join) and hands the listening socket itself to its `scpnode receive` children
+    (``listen_fd``): one accept queue for all. Each process takes a waiting connection at
+    once while it has no association and only after :data:`DEFER_PER_ASSOCIATION_S` per
+    association it is serving otherwise, so a new scanner goes to an idle process (one GIL to
+    itself: two associations in one process ran at half speed each) and, with every process
+    busy, to the least busy one. The kernel's SO_REUSEPORT hash did neither: it queued a
+    connection to a busy process while another sat idle.
+    """
+
+    #: the accept queue: many scanners may connect in the same instant
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, listen_fd: int | None = None, **kwargs: Any) -> None:
+        self._listen_fd = listen_fd
+        self._waiting_since: float | None = None
+        self._last_deferral = 0.0
+        self._accepted_at: collections.deque[float] = collections.deque(maxlen=64)
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
-        listening = self.socket
-        if listening is None:  # TCPServer makes it before binding; pynetdicom types it Optional
+        made = self.socket
+        if made is None:  # TCPServer makes it before binding; pynetdicom types it Optional
             raise RuntimeError("the server has no socket to bind")
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self._listen_fd is None:
+            made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+            listening = made
+        else:  # serve's listening socket, inherited: nothing to bind
+            made.close()
+            listening = self.socket = socket.socket(fileno=os.dup(self._listen_fd))
+            self.server_address = listening.getsockname()
+        # another process may take the connection `select` announced: accept must then fail
+        # at once (socketserver ignores the OSError), not wait for the next one
+        listening.setblocking(False)
+
+    def server_activate(self) -> None:
+        if self._listen_fd is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        """Close our descriptor only: shutting the shared socket down would stop every
+        process's listening."""
+        if self.socket is not None:
+            self.socket.close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        serving = self._serving()
+        if serving:
+            now = time.monotonic()
+            if self._waiting_since is None or now - self._last_deferral > _STALE_S:
+                self._waiting_since = now  # a connection waiting that we have not seen yet
+            if now - self._waiting_since < DEFER_PER_ASSOCIATION_S * serving:
+                self._last_deferral = now
+                time.sleep(_RECHECK_S)  # leave it to a less busy process
+                raise BlockingIOError("deferred to a less busy receiving process")
+        self._waiting_since = None
+        request = super().get_request()
+        self._accepted_at.append(time.monotonic())
+        return request
+
+    def _serving(self) -> int:
+        """Associations this process serves; a connection accepted in the last moments
+        counts already (its association thread may not run yet), or a burst of scanners
+        connecting at once would all land on the first idle process."""
+        now = time.monotonic()
+        recent = sum(1 for t in self._accepted_at if now - t < _STARTING_S)
+        return max(recent, sum(1 for a in self.ae.active_associations if a.is_acceptor))
+
+
+#: how long a receiving process leaves a waiting connection to others, per association it
+#: serves: an idle process takes it within a millisecond; with all busy it waits this long
+DEFER_PER_ASSOCIATION_S = 0.01
+#: how often a deferring process looks again (its select loop would otherwise spin)
+_RECHECK_S = 0.002
+#: a gap longer than this between deferrals means the queue emptied in between
+_STALE_S = 0.02
+#: how long an accepted connection may take to show as a running association
+_STARTING_S = 0.2
 
 
 class _SharedPortAE(AE):
     """An AE whose non-blocking server shares its port (`node.receive_processes` > 1)."""
 
+    listen_fd: int | None = None
+
     def make_server(self, address: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs["server_class"] = _SharedPortServer
+        kwargs["listen_fd"] = self.listen_fd
         return super().make_server(address, *args, **kwargs)
 
 
 class ReceiveServer:
     """Start, report the bound port, stop gracefully (finish in-flight associations).
 
-    With `node.receive_processes` > 1 the port is bound with SO_REUSEPORT: `serve` runs one
-    such server itself and the others as `scpnode receive` processes on the same port.
+    With `node.receive_processes` > 1 `serve` runs one such server itself and the others as
+    `scpnode receive` processes sharing its listening socket (`listening_fd`).
     """
 
     def __init__(self, node: NodeSettings, spool: Spool, sink: Sink) -> None:
@@ -100,8 +177,15 @@ class ReceiveServer:
             (evt.EVT_DIMSE_RECV, h.on_dimse_recv),
         ]
 
-    def start(self, host: str | None = None, port: int | None = None) -> int:
-        """Listen (non-blocking); returns the bound port (useful with port 0)."""
+    def start(
+        self, host: str | None = None, port: int | None = None, listen_fd: int | None = None
+    ) -> int:
+        """Listen (non-blocking); returns the bound port (useful with port 0). `listen_fd`:
+        accept on this inherited listening socket (serve's) instead of binding one."""
+        if listen_fd is not None:
+            if not isinstance(self.ae, _SharedPortAE):
+                raise ValueError("a shared listening socket needs node.receive_processes > 1")
+            self.ae.listen_fd = listen_fd
         self.spool.prepare()
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.incoming)
@@ -118,6 +202,13 @@ class ReceiveServer:
             extra={"ae_title": self.node.ae_title, "port": bound, "tls": bool(self.ssl_context)},
         )
         return bound
+
+    @property
+    def listening_fd(self) -> int:
+        """The listening socket's descriptor, for `scpnode receive --listen-fd` children."""
+        if self._server is None or self._server.socket is None:
+            raise RuntimeError("the SCP is not listening")
+        return int(self._server.socket.fileno())
 
     @property
     def active_associations(self) -> int:
