@@ -301,8 +301,10 @@ def test_destination_tls_keys_are_checked() -> None:
 
 
 # --- TLS: the SCP --------------------------------------------------------------------------
-def test_tls_client_with_our_ca_and_a_client_cert_stores(make_scp, pki: Pki) -> None:
-    scp = make_scp(tls=node_tls(pki))
+# receive_processes = 2: the server class that shares its listening socket (non-blocking)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_tls_client_with_our_ca_and_a_client_cert_stores(make_scp, pki: Pki, processes) -> None:
+    scp = make_scp(tls=node_tls(pki), receive_processes=processes)
     peer = Peer(scp.ae_title, "127.0.0.1", scp.port, tls=client(pki))
     assert store_datasets([ct_small()], peer, "CT01") == [0x0000]
     assert echo(peer, "CT01").outcome == Outcome.DELIVERED
@@ -323,10 +325,11 @@ def test_plain_tcp_client_cannot_associate_with_a_tls_scp(make_scp, pki: Pki) ->
     assert not stored_ct(scp).exists()
 
 
-def test_a_silent_connection_does_not_hold_up_others(make_scp, pki: Pki) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_silent_connection_does_not_hold_up_others(make_scp, pki: Pki, processes) -> None:
     import socket
 
-    scp = make_scp(tls=node_tls(pki))
+    scp = make_scp(tls=node_tls(pki), receive_processes=processes)
     with socket.create_connection(("127.0.0.1", scp.port), timeout=5):  # never says hello
         started = time.monotonic()
         peer = Peer(scp.ae_title, "127.0.0.1", scp.port, tls=client(pki))
