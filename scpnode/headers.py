@@ -14,6 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from scpnode import raw_values
 from scpnode.pixel_layout import find_layout
 
 OWN_MANUFACTURER = "scpnode"
@@ -73,40 +74,41 @@ def read_header(path: Path) -> InstanceHeader:
 
 def summarise(ds: Dataset) -> InstanceHeader:
     meta = getattr(ds, "file_meta", None)
+    plain = raw_values.ascii_compatible(ds)
     return InstanceHeader(
         study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"),
         sop_uid=_text(ds, "SOPInstanceUID"),
         sop_class_uid=_text(ds, "SOPClassUID"),
         transfer_syntax_uid=_text(meta, "TransferSyntaxUID") if meta is not None else "",
-        patient_id=_text(ds, "PatientID")[:64],
+        patient_id=_text(ds, "PatientID", plain)[:64],
         modality=_text(ds, "Modality")[:16],
         body_part=_text(ds, "BodyPartExamined")[:64],
-        study_description=_text(ds, "StudyDescription")[:64],
-        series_description=_text(ds, "SeriesDescription")[:64],
-        protocol_name=_text(ds, "ProtocolName")[:64],
+        study_description=_text(ds, "StudyDescription", plain)[:64],
+        series_description=_text(ds, "SeriesDescription", plain)[:64],
+        protocol_name=_text(ds, "ProtocolName", plain)[:64],
         image_type=_multi(ds, "ImageType")[:128],
-        kernel=_multi(ds, "ConvolutionKernel")[:64],
+        kernel=_multi(ds, "ConvolutionKernel", plain)[:64],
         slice_thickness=_float(ds, "SliceThickness"),
         orientation=_multi(ds, "ImageOrientationPatient")[:128],
         position=_multi(ds, "ImagePositionPatient")[:128],
         instance_number=_int(ds, "InstanceNumber"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
+        rows=_count(ds, "Rows"),
+        columns=_count(ds, "Columns"),
         images_in_acquisition=_int(ds, "ImagesInAcquisition"),
-        is_own=is_own_object(ds),
+        is_own=is_own_object(ds, plain),
     )
 
 
-def is_own_object(ds: Dataset) -> bool:
+def is_own_object(ds: Dataset, plain: bool = False) -> bool:
     """Objects an scpnode made say so (as manufacturer and model, and in Contributing
     Equipment); they never trigger work."""
-    made_by = (str(ds.get("Manufacturer", "")), str(ds.get("ManufacturerModelName", "")))
-    if all(v.strip().lower() == OWN_MANUFACTURER for v in made_by):
+    made_by = (_text(ds, "Manufacturer", plain), _text(ds, "ManufacturerModelName", plain))
+    if all(v.lower() == OWN_MANUFACTURER for v in made_by):
         return True
     for item in ds.get("ContributingEquipmentSequence", []):
-        if str(item.get("Manufacturer", "")).strip().lower() == OWN_MANUFACTURER:
+        if _text(item, "Manufacturer").lower() == OWN_MANUFACTURER:
             return True
     return False
 
@@ -117,12 +119,24 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "").strip()
 
 
-def _text(ds: Dataset | None, keyword: str) -> str:
-    value = ds.get(keyword) if ds is not None else None
+# Each reads the raw bytes where `raw_values` can (the same answer, a tenth of the time) and
+# asks pydicom otherwise. `plain`: the data set's character set reads ASCII as ASCII.
+
+
+def _text(ds: Dataset | None, keyword: str, plain: bool = False) -> str:
+    if ds is None:
+        return ""
+    fast = raw_values.text(ds, keyword, plain_charset=plain)
+    if fast is not None and "\\" not in fast:  # several values: pydicom's str() of them
+        return _clean(fast)
+    value = ds.get(keyword)
     return "" if value is None else _clean(str(value))
 
 
-def _multi(ds: Dataset, keyword: str) -> str:
+def _multi(ds: Dataset, keyword: str, plain: bool = False) -> str:
+    fast = raw_values.text(ds, keyword, plain_charset=plain)
+    if fast is not None:
+        return "\\".join(_clean(v) for v in fast.split("\\")) if fast else ""
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -135,7 +149,10 @@ def _multi(ds: Dataset, keyword: str) -> str:
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
+    fast = raw_values.text(ds, keyword, plain_charset=False)
     try:
+        if fast is not None:
+            return float(fast) if fast else None
         value = ds.get(keyword)
         return None if value in (None, "") else float(value)
     except (TypeError, ValueError):
@@ -143,8 +160,17 @@ def _float(ds: Dataset, keyword: str) -> float | None:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    fast = raw_values.text(ds, keyword, plain_charset=False)
+    if fast is not None and (fast == "" or fast.lstrip("+-").isdigit()):
+        return int(fast) if fast else None
     try:
         value = ds.get(keyword)
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    """A US value (Rows, Columns)."""
+    fast = raw_values.unsigned_short(ds, keyword)
+    return fast if fast is not None else _int(ds, keyword)
