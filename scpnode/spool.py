@@ -5,8 +5,9 @@ are renamed into place before the peer hears 0x0000, so a crash never leaves a h
 under a real name. UIDs are checked against the DICOM grammar before they touch a path.
 
 Several SCP nodes may share one spool (scale-out): each process receives into its own
-``.incoming/<host>:<pid>`` folder, so a node starting up drops only the partial files of its own
-dead predecessors, never those another node is writing right now.
+``.incoming/<host>:<pid>`` folder (and ``<host>:<pid>.ready``, files created ahead), so a node
+starting up drops only the partial files of its own dead predecessors, never those another
+node is writing right now.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from scpnode.owners import is_dead_local_owner, process_owner
 from scpnode.uids import is_valid_uid
 
 INCOMING = ".incoming"
+READY = ".ready"  # suffix of a process's folder of files created ahead (receive/ready_files.py)
 REPLACED = ".replaced"
 
 
@@ -55,6 +57,7 @@ class Spool:
         self.fsync = fsync
         self.incoming_root = root / INCOMING
         self.incoming = self.incoming_root / process_owner()
+        self.ready = self.incoming_root / (process_owner() + READY)
         self.replaced = root / REPLACED
 
     def prepare(self) -> int:
@@ -67,11 +70,10 @@ class Spool:
             if entry.is_file():  # a single-node layout's loose partial file
                 entry.unlink(missing_ok=True)
                 dropped += 1
-            elif entry == self.incoming or is_dead_local_owner(entry.name):
-                stale = [p for p in entry.iterdir() if p.is_file()]
-                for path in stale:
-                    path.unlink(missing_ok=True)
-                dropped += len(stale)
+            elif entry in (self.incoming, self.ready) or is_dead_local_owner(
+                entry.name.removesuffix(READY)
+            ):
+                dropped += _drop_files(entry)
                 if entry != self.incoming:
                     shutil.rmtree(entry, ignore_errors=True)
         return dropped
@@ -131,6 +133,16 @@ class Spool:
             if study.name.startswith(".") or not study.is_dir():
                 continue
             yield from study.glob("*/*.dcm")
+
+
+def _drop_files(folder: Path) -> int:
+    """Delete the files in `folder`; returns how many held data (the `.ready` folders hold
+    empty files made ahead, and a taken one the partial data set written into it)."""
+    dropped = 0
+    for path in [p for p in folder.iterdir() if p.is_file()]:
+        dropped += path.stat().st_size > 0
+        path.unlink(missing_ok=True)
+    return dropped
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,17 @@ def need(binary: str) -> str:
 
 def ct_small() -> Dataset:
     return pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+
+
+def partial_data(spool: Spool) -> list[Path]:
+    """Data sets being received or left behind: the files in the process's `.incoming`, and
+    those of its `.ready` folder that data was written into (the untaken ones are empty)."""
+    found = [p for p in spool.incoming.iterdir() if p.is_file()]
+    for path in spool.ready.glob("*") if spool.ready.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):  # taken and renamed meanwhile
+            if path.stat().st_size:
+                found.append(path)
+    return found
 
 
 @dataclass

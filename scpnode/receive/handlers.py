@@ -29,6 +29,7 @@ from scpnode.receive.access import (
 )
 from scpnode.receive.fastpath import accelerate
 from scpnode.receive.lifecycle import bound_reads, discard_partial_datasets
+from scpnode.receive.ready_files import ReadyFiles, provide
 from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
@@ -76,6 +77,7 @@ class StoreHandlers:
         self._assoc_keys: dict[int, int] = {}
         self._reject_reasons: dict[int, str] = {}  # our own rejections, by id(assoc)
         self._unserved: dict[int, set[Path]] = {}  # streamed data sets on_store has not taken
+        self.ready_files: ReadyFiles | None = None  # set while the server runs
 
     # --- association events -------------------------------------------------------------
     def on_conn_open(self, event: Any) -> None:
@@ -91,6 +93,7 @@ class StoreHandlers:
         bound_reads(sock, event.assoc.network_timeout)
         # event-driven waits (fastpath.py); released in `_after_association`, or at collection
         event.assoc.scpnode_release = accelerate(event.assoc, sock)
+        provide(event.assoc, self.ready_files)  # data set files created ahead (ready_files.py)
         answer_invalid_requests(event.assoc, self._invalid_request)
 
     def on_conn_close(self, event: Any) -> None:

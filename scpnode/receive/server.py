@@ -1,8 +1,9 @@
 """The C-STORE SCP: one pynetdicom AE, configured from settings, handlers bound (not global).
 
 Received data sets stream to a temporary file (pynetdicom's chunked receive) instead of being
-held in memory; the temporary directory is pointed at the spool's `.incoming` folder so the
-final placement is a rename on one filesystem. Both are process-wide pynetdicom/tempfile
+held in memory; the temporary directory is pointed at the spool's `.incoming` folder, and the
+files are created ahead in the spool's `.ready` folder (ready_files.py), so the final
+placement is a rename on one filesystem. Both are process-wide pynetdicom/tempfile
 settings, so only the SCP process (or a test that owns the process) calls `start`.
 """
 
@@ -25,6 +26,7 @@ from scpnode.dicomnet import identify
 from scpnode.receive.access import CallingAeBinding
 from scpnode.receive.contexts import accepted_sop_classes, storage_contexts
 from scpnode.receive.handlers import Sink, StoreHandlers
+from scpnode.receive.ready_files import ReadyFiles
 from scpnode.spool import Spool
 from scpnode.tls import server_context
 
@@ -150,6 +152,7 @@ class ReceiveServer:
             else None
         )
         self._server: Any = None
+        self._ready_files: ReadyFiles | None = None
 
     def _make_ae(self) -> AE:
         shared = self.node.receive_processes > 1
@@ -189,6 +192,8 @@ class ReceiveServer:
         self.spool.prepare()
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.incoming)
+        self._ready_files = self.handlers.ready_files = ReadyFiles(self.spool.ready)
+        self._ready_files.start()
         address = (
             host if host is not None else self.node.host,
             port if port is not None else self.node.port,
@@ -225,3 +230,6 @@ class ReceiveServer:
         for assoc in list(self.ae.active_associations):
             assoc.abort()
         self._server = None
+        if self._ready_files is not None:
+            self._ready_files.stop()
+            self._ready_files = self.handlers.ready_files = None

@@ -22,7 +22,7 @@ from scpnode.infer.dicom_slices import KnownSlice, known_slice, read_known, read
 from scpnode.pixel_layout import PixelLayout, read_stored
 from scpnode.receive import fastpath
 from scpnode.send import Peer, echo, store_datasets
-from tests.conftest import PEER_ENV, ct_small, need
+from tests.conftest import PEER_ENV, ct_small, need, partial_data
 
 
 def events(scp, kind: str) -> list[AuditEventRow]:
@@ -172,7 +172,7 @@ def test_full_disk_answers_out_of_resources(make_scp) -> None:
     (event,) = events(scp, "instance_rejected")
     assert "0xA700" in event.detail
     assert len(list(scp.spool.root.glob("*/*/*.dcm"))) == 1
-    assert list(scp.spool.incoming.iterdir()) == []
+    assert partial_data(scp.spool) == []
 
 
 def test_unparseable_dataset_gets_cannot_understand(make_scp, tmp_path: Path) -> None:

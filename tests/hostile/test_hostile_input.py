@@ -39,7 +39,7 @@ from sqlalchemy import select
 from scpnode.db.models import AssociationRow, AuditEventRow
 from scpnode.headers import read_header
 from scpnode.send import Peer, echo, store_datasets
-from tests.conftest import RunningScp, ct_small
+from tests.conftest import RunningScp, ct_small, partial_data
 from tests.hostile import rawdicom as raw
 from tests.hostile.conftest import SHARED_NETWORK_TIMEOUT_S
 
@@ -133,11 +133,12 @@ def spool_path(scp: RunningScp, ds: Dataset) -> Path:
 def escape_targets(scp: RunningScp) -> dict[str, str]:
     """Everything a UID with `..` could reach from the spool: the node's folder (spool, DB)
     in full, and the names in pytest's temp root above it (two levels up from the spool; the
-    test UIDs climb at most that far). Audit DB files change by design and are left out."""
+    test UIDs climb at most that far). Audit DB files and the files made ahead for incoming
+    data sets (`.ready`) change by design and are left out."""
     node = scp.spool.root.parent
     out = {f"top:{p.name}": "" for p in node.parent.iterdir()}
     for path in sorted(node.rglob("*")):
-        if not path.name.startswith("scp.db"):
+        if not path.name.startswith("scp.db") and scp.spool.ready not in path.parents:
             digest = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
             out[str(path.relative_to(node))] = digest
     return out
@@ -147,14 +148,14 @@ def stored_tree(scp: RunningScp) -> dict[str, tuple[int, int, int]]:
     """The spool's real content (placed and kept-aside files), `.incoming` left out."""
     out: dict[str, tuple[int, int, int]] = {}
     for path in scp.spool.root.rglob("*"):
-        if path.is_file() and scp.spool.incoming not in path.parents:
+        if path.is_file() and scp.spool.incoming_root not in path.parents:
             st_ = path.stat()
             out[str(path.relative_to(scp.spool.root))] = (st_.st_size, st_.st_mtime_ns, st_.st_ino)
     return out
 
 
 def incoming_empty(scp: RunningScp, timeout_s: float = 5.0) -> bool:
-    return wait_until(lambda: not any(scp.spool.incoming.iterdir()), timeout_s)
+    return wait_until(lambda: not partial_data(scp.spool), timeout_s)
 
 
 def send(scp: RunningScp, datasets: list[Dataset]) -> list[int | None]:
@@ -250,7 +251,7 @@ def test_command_sop_instance_uid_differs_from_data_set(make_scp, tmp_path: Path
     assert '"status": "0xC003"' in event.detail and other in event.detail
     assert "SOP Instance UID differs" in event.detail
     assert not any(scp.spool.root.glob("*/*/*.dcm"))
-    assert list(scp.spool.incoming.iterdir()) == []
+    assert partial_data(scp.spool) == []
 
 
 def test_command_sop_class_differs_from_data_set(make_scp, tmp_path: Path) -> None:
@@ -262,7 +263,7 @@ def test_command_sop_class_differs_from_data_set(make_scp, tmp_path: Path) -> No
     (event,) = audit_events(scp, "instance_rejected")
     assert '"status": "0xA900"' in event.detail and MR_IMAGE in event.detail
     assert not any(scp.spool.root.glob("*/*/*.dcm"))
-    assert list(scp.spool.incoming.iterdir()) == []
+    assert partial_data(scp.spool) == []
 
 
 def test_element_value_that_cannot_be_decoded_gets_cannot_understand(make_scp) -> None:
@@ -404,7 +405,7 @@ def test_garbage_on_the_port_is_dropped_and_the_node_stays_healthy(make_scp, kin
         assoc, kinds = closed_association(scp, port)
         assert assoc.outcome == "aborted" and "instance_stored" not in kinds
     scp.finish()
-    assert list(scp.spool.incoming.iterdir()) == []
+    assert partial_data(scp.spool) == []
     if kind in ("random 1 KiB", "A-ASSOCIATE-RQ cut in half"):  # no association ever existed
         (dropped,) = audit_events(scp, "connection_dropped")
         assert "127.0.0.1" in dropped.detail and "A-ASSOCIATE-RQ" in dropped.detail
@@ -456,8 +457,8 @@ def test_peer_gone_mid_data_set_leaves_nothing(make_scp, how: str) -> None:
         assert isinstance(peer.associate(CT_CONTEXTS), raw.Accepted)
         for pdu in pdus[:4]:  # the command and 48 kB of the data set
             peer.send(pdu)
-        # pynetdicom streams the data set into a temp file in the spool's .incoming
-        assert wait_until(lambda: any(scp.spool.incoming.glob("tmp*.dcm")), 5)
+        # pynetdicom streams the data set into a file made ahead (`.ready`) or a temp file
+        assert wait_until(lambda: bool(partial_data(scp.spool)), 5)
         if how == "A-ABORT":
             peer.send(raw.abort_rq())
             _, seen = peer.wait_closed()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scpnode.spool import BadUid, Spool, StoreKind
+from scpnode.spool import READY, BadUid, Spool, StoreKind
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
@@ -76,3 +76,19 @@ def test_fsync_mode_still_places(tmp_path: Path) -> None:
     s = Spool(tmp_path / "s", fsync=True)
     s.prepare()
     assert s.write(b"x", STUDY, SERIES, SOP).path.exists()
+
+
+def test_prepare_drops_the_files_made_ahead_and_counts_only_data(spool: Spool) -> None:
+    """`.ready` folders (receive/ready_files.py): ours and a dead local process's are
+    removed; only a file that data was written into counts as a dropped partial."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(30)
+    gone = spool.incoming_root / f"{socket.gethostname()}:{dead.pid}{READY}"
+    other = spool.incoming_root / f"other-node:4242{READY}"
+    for folder in (spool.ready, gone, other):
+        folder.mkdir()
+        (folder / "a.part").write_bytes(b"")
+        (folder / "b.part").write_bytes(b"half")
+    assert spool.prepare() == 2
+    assert not spool.ready.exists() and not gone.exists()
+    assert sorted(p.name for p in other.iterdir()) == ["a.part", "b.part"]
