@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, evt
 
 from scpnode.dicomnet import assoc_socket, disable_nagle
 
@@ -32,8 +32,10 @@ class PacsStandIn:
         self._ae = AE(ae_title=ae_title)
         self._ae.require_called_aet = require_called_aet
         skip = set(without)  # SOP classes not even negotiated
-        self._ae.supported_contexts = [
-            cx for cx in AllStoragePresentationContexts if cx.abstract_syntax not in skip
+        self._ae.supported_contexts = [  # a PACS answers C-ECHO too (`scpnode echo`)
+            cx
+            for cx in [*AllStoragePresentationContexts, *VerificationPresentationContexts]
+            if cx.abstract_syntax not in skip
         ]
         self._server: Any = None
 

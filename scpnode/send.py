@@ -105,11 +105,40 @@ def association(
     if not assoc.is_established:
         tls_error = None if tls_context is None else tls_context.error
         raise AssociationFailed(_association_failure(assoc, bool(connected), tls_error))
+    keep_responses_for_the_caller(assoc)
     try:
         yield assoc
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def keep_responses_for_the_caller(assoc: Any) -> None:
+    """Give a response the requestor's reactor took back to the send_* call waiting for it.
+
+    pynetdicom's send_* methods pause the reactor by clearing a checkpoint and then polling
+    `_is_paused`, which the reactor sets just before it waits; when the reactor has passed
+    the wait but not yet cleared the flag, the send goes ahead, the reactor takes the
+    response off the queue and drops it ("Received unexpected C-STORE service message"),
+    and the sender waits out its DIMSE timeout: a lost store in the simulator, a delivery
+    retried 30 s later. Put back, the waiting `get_msg` takes it; the reactor itself stops
+    at its checkpoint on its next turn, so it does not take it again.
+    """
+    serve = getattr(assoc, "_serve_request", None)
+    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    if serve is None or queue is None:  # a pynetdicom whose internals moved
+        return
+
+    def serve_or_put_back(msg: Any, context_id: int) -> None:
+        is_response = not getattr(msg, "is_valid_request", True) and getattr(
+            msg, "is_valid_response", False
+        )
+        if msg is not None and is_response:
+            queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_put_back
 
 
 def _tls_context(peer: Peer) -> ConnectContext | None:
