@@ -39,6 +39,7 @@ from scpnode.receive.records import (
     InstanceRefused,
     Record,
 )
+from scpnode.receive.store_response import answer_stores_directly
 from scpnode.spool import BadUid, Spool
 from scpnode.tls import finish_handshake
 
@@ -95,6 +96,7 @@ class StoreHandlers:
         event.assoc.scpnode_release = accelerate(event.assoc, sock)
         provide(event.assoc, self.ready_files)  # data set files created ahead (ready_files.py)
         answer_invalid_requests(event.assoc, self._invalid_request)
+        answer_stores_directly(event.assoc)  # plain C-STORE-RSPs from a template
 
     def on_conn_close(self, event: Any) -> None:
         """End the wait of an acceptor whose connection closed before any A-ASSOCIATE-RQ.

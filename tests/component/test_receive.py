@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -111,6 +112,29 @@ def test_fast_path_hooks_our_acceptors_and_frees_their_pipes(make_scp) -> None:
             break
         time.sleep(0.1)
     assert len(list(fds.iterdir())) <= before + 2, "wake-up pipes left open"
+
+
+def test_store_responses_skip_pynetdicom_encoding(make_scp, monkeypatch) -> None:
+    """Plain C-STORE responses, successes and refusals alike, are sent from our template
+    (receive/store_response.py), not built through pynetdicom's pydicom encoding; the peer
+    still reads every status."""
+    built: list[object] = []
+    original = C_STORE_RSP.primitive_to_message
+    monkeypatch.setattr(
+        C_STORE_RSP, "primitive_to_message", lambda msg, p: (built.append(p), original(msg, p))
+    )
+    scp = make_scp()
+    good = []
+    for n in range(3):
+        ds = ct_small()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{n + 1}"
+        good.append(ds)
+    bad = ct_small()
+    bad.StudyInstanceUID = "1.2.03.4"
+    assert send(scp, [*good, bad]) == [0x0000, 0x0000, 0x0000, 0xC002]
+    assert built == []
+    scp.finish()
+    assert len(list(scp.spool.root.glob("*/*/*.dcm"))) == 3
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(make_scp, tmp_path: Path) -> None:
