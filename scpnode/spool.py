@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -91,25 +91,37 @@ class Spool:
                 raise BadUid(f"{name} UID {uid!r} violates the DICOM UID grammar")
         return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
 
-    def place(self, temp: Path, study_uid: str, series_uid: str, sop_uid: str) -> StoreOutcome:
-        """Move a fully received file from `.incoming` into place (atomic rename)."""
+    def place(
+        self,
+        temp: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        *,
+        digest: Callable[[], tuple[str, int]] | None = None,
+    ) -> StoreOutcome:
+        """Move a fully received file from `.incoming` into place (atomic rename).
+
+        `digest` gives the file's (SHA-256, size) when the caller had it computed meanwhile
+        (the SCP hashes while it parses the header); by default it is computed here.
+        """
         target = self.path_for(study_uid, series_uid, sop_uid)
-        digest, size = file_sha256(temp)
+        sha256, size = digest() if digest is not None else file_sha256(temp)
         if self.fsync:
             _fsync_file(temp)
         kept_aside = None
         kind = StoreKind.STORED
         if target.exists():
-            if file_sha256(target)[0] == digest:
+            if file_sha256(target)[0] == sha256:
                 temp.unlink(missing_ok=True)
-                return StoreOutcome(StoreKind.DUPLICATE, target, digest, size)
+                return StoreOutcome(StoreKind.DUPLICATE, target, sha256, size)
             kept_aside = self._keep_aside(target, sop_uid)
             kind = StoreKind.REPLACED
         target.parent.mkdir(parents=True, exist_ok=True)
         temp.replace(target)
         if self.fsync:
             _fsync_dir(target.parent)
-        return StoreOutcome(kind, target, digest, size, kept_aside)
+        return StoreOutcome(kind, target, sha256, size, kept_aside)
 
     def write(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> StoreOutcome:
         """Store bytes held in memory (same guarantees as `place`)."""

@@ -12,6 +12,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from scpnode.receive.records import (
     Record,
 )
 from scpnode.receive.store_response import answer_stores_directly
-from scpnode.spool import BadUid, Spool
+from scpnode.spool import BadUid, Spool, file_sha256
 from scpnode.tls import finish_handshake
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,14 @@ class StoreHandlers:
         self._reject_reasons: dict[int, str] = {}  # our own rejections, by id(assoc)
         self._unserved: dict[int, set[Path]] = {}  # streamed data sets on_store has not taken
         self.ready_files: ReadyFiles | None = None  # set while the server runs
+        # hashes each received file while the association thread parses its header: hashlib
+        # and file reads release the GIL, so the two run on two cores (`close` ends it)
+        self._hashing = _hashing_threads()
+
+    def close(self) -> None:
+        """End the hashing threads (the server has stopped serving; a restart makes new)."""
+        stopping, self._hashing = self._hashing, _hashing_threads()
+        stopping.shutdown(wait=True)
 
     # --- association events -------------------------------------------------------------
     def on_conn_open(self, event: Any) -> None:
@@ -280,6 +289,21 @@ class StoreHandlers:
             temp.unlink(missing_ok=True)
 
     def _place(self, event: Any, temp: Path) -> int:
+        hashing = self._hash_meanwhile(temp)
+        try:
+            return self._check_and_place(event, temp, hashing)
+        finally:
+            hashing.cancel()  # a refused data set: no need to finish its hash
+
+    def _hash_meanwhile(self, temp: Path) -> Future[tuple[str, int]]:
+        try:
+            return self._hashing.submit(file_sha256, temp)
+        except RuntimeError:  # closed: a store after stop() still gets its answer
+            done: Future[tuple[str, int]] = Future()
+            done.set_result(file_sha256(temp))
+            return done
+
+    def _check_and_place(self, event: Any, temp: Path, hashing: Future[tuple[str, int]]) -> int:
         request = event.request
         try:
             header = read_header(temp)
@@ -301,7 +325,9 @@ class StoreHandlers:
         if header.sop_uid != str(request.AffectedSOPInstanceUID):
             return self._refuse(event, INSTANCE_MISMATCH, "data set SOP Instance UID differs")
         try:
-            outcome = self.spool.place(temp, header.study_uid, header.series_uid, header.sop_uid)
+            outcome = self.spool.place(
+                temp, header.study_uid, header.series_uid, header.sop_uid, digest=hashing.result
+            )
         except BadUid as exc:
             return self._refuse(event, BAD_UID, str(exc), header.study_uid)
         except OSError as exc:
@@ -406,6 +432,10 @@ class StoreHandlers:
     def _key_of(self, assoc: Any) -> int:
         with self._lock:
             return self._assoc_keys.get(id(assoc), 0)
+
+
+def _hashing_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="scpnode-sha256")
 
 
 def answer_invalid_requests(assoc: Any, answer: Callable[[Any, Any, int], None]) -> None:

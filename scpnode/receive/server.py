@@ -233,3 +233,4 @@ class ReceiveServer:
         if self._ready_files is not None:
             self._ready_files.stop()
             self._ready_files = self.handlers.ready_files = None
+        self.handlers.close()

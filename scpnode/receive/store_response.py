@@ -50,36 +50,33 @@ def answer_stores_directly(assoc: Any) -> None:
 
 def encode_plain_response(primitive: Any) -> bytes | None:
     """The Implicit VR Little Endian command set of a plain C-STORE-RSP, or None."""
-    if type(primitive) is not C_STORE or not _is_plain(primitive):
+    if type(primitive) is not C_STORE:
+        return None
+    msg_id, status = primitive.MessageIDBeingRespondedTo, primitive.Status  # MessageID: unused
+    sop_class, sop_uid = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
+    extras = (primitive.ErrorComment, primitive.OffendingElement, primitive.DataSet)
+    if not isinstance(msg_id, int) or not isinstance(status, int) or any(map(_given, extras)):
+        return None
+    if not sop_class or not sop_uid:
         return None
     try:
-        sop_class = _ui(primitive.AffectedSOPClassUID)
-        sop_instance = _ui(primitive.AffectedSOPInstanceUID)
+        body = b"".join(
+            (
+                _element(0x0002, _ui(sop_class)),
+                _element(0x0100, _us(C_STORE_RSP)),
+                _element(0x0120, _us(msg_id)),
+                _element(0x0800, _us(NO_DATA_SET)),
+                _element(0x0900, _us(status)),
+                _element(0x1000, _ui(sop_uid)),
+            )
+        )
     except UnicodeEncodeError:
         return None
-    body = b"".join(
-        (
-            _element(0x0002, sop_class),
-            _element(0x0100, _us(C_STORE_RSP)),
-            _element(0x0120, _us(primitive.MessageIDBeingRespondedTo)),
-            _element(0x0800, _us(NO_DATA_SET)),
-            _element(0x0900, _us(primitive.Status)),
-            _element(0x1000, sop_instance),
-        )
-    )
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def _is_plain(rsp: Any) -> bool:
-    return (
-        isinstance(rsp.MessageIDBeingRespondedTo, int)  # a response (MessageID: not encoded)
-        and isinstance(rsp.Status, int)
-        and rsp.AffectedSOPClassUID
-        and rsp.AffectedSOPInstanceUID
-        and rsp.ErrorComment is None
-        and rsp.OffendingElement is None
-        and rsp.DataSet is None
-    )
+def _given(value: Any) -> bool:
+    return value is not None
 
 
 def _observed(assoc: Any) -> bool:

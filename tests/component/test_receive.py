@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import socket
 import subprocess
 import time
@@ -59,6 +60,11 @@ def test_storescu_instance_lands_in_spool_and_audit(make_scp, tmp_path: Path) ->
         assoc = s.scalars(select(AssociationRow)).one()
         study = s.scalars(select(StudyRow)).one()
     assert inst.calling_aet == "CT01" and inst.path == str(stored) and inst.modality == "CT"
+    # hashed on another thread while the header was parsed: still the stored bytes' digest
+    assert (inst.sha256, inst.bytes) == (
+        hashlib.sha256(stored.read_bytes()).hexdigest(),
+        stored.stat().st_size,
+    )
     assert inst.transfer_syntax_uid in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
     assert (assoc.calling_aet, assoc.outcome, assoc.instances) == ("CT01", "released", 1)
     assert study.state == "receiving" and study.first_calling_aet == "CT01"
