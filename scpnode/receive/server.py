@@ -23,6 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from scpnode.config import NodeSettings
 from scpnode.dicomnet import identify
+from scpnode.receive import file_meta
 from scpnode.receive.access import CallingAeBinding
 from scpnode.receive.contexts import accepted_sop_classes, storage_contexts
 from scpnode.receive.handlers import Sink, StoreHandlers
@@ -192,6 +193,7 @@ class ReceiveServer:
         self.spool.prepare()
         pynetdicom_config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.incoming)
+        file_meta.install()  # each data set file's meta written directly (file_meta.py)
         self._ready_files = self.handlers.ready_files = ReadyFiles(self.spool.ready)
         self._ready_files.start()
         address = (

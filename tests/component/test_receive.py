@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pydicom
+import pynetdicom.dsutils
 import pytest
 from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -120,27 +120,43 @@ def test_fast_path_hooks_our_acceptors_and_frees_their_pipes(make_scp) -> None:
     assert len(list(fds.iterdir())) <= before + 2, "wake-up pipes left open"
 
 
-def test_store_responses_skip_pynetdicom_encoding(make_scp, monkeypatch) -> None:
+def test_per_instance_pydicom_encodes_are_skipped(make_scp, monkeypatch, tmp_path) -> None:
     """Plain C-STORE responses, successes and refusals alike, are sent from our template
-    (receive/store_response.py), not built through pynetdicom's pydicom encoding; the peer
-    still reads every status."""
-    built: list[object] = []
-    original = C_STORE_RSP.primitive_to_message
-    monkeypatch.setattr(
-        C_STORE_RSP, "primitive_to_message", lambda msg, p: (built.append(p), original(msg, p))
-    )
+    (receive/store_response.py), and each data set file's meta written directly
+    (receive/file_meta.py): while storescu sends, pydicom encodes nothing in the node's
+    process. The peer still reads every status and the files are whole."""
+    storescu = need("storescu")
     scp = make_scp()
-    good = []
     for n in range(3):
         ds = ct_small()
         ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{n + 1}"
-        good.append(ds)
+        ds.save_as(tmp_path / f"ct{n}.dcm", enforce_file_format=True)
     bad = ct_small()
     bad.StudyInstanceUID = "1.2.03.4"
-    assert send(scp, [*good, bad]) == [0x0000, 0x0000, 0x0000, 0xC002]
-    assert built == []
+    bad.save_as(tmp_path / "bad.dcm", enforce_file_format=True)
+    encoded: list[object] = []
+    real_write_dataset = pydicom.filewriter.write_dataset
+    for module in (pydicom.filewriter, pynetdicom.dsutils):  # pynetdicom imported the name
+        monkeypatch.setattr(
+            module,
+            "write_dataset",
+            lambda fp, ds, *a: (encoded.append(ds), real_write_dataset(fp, ds, *a))[1],
+        )
+    run = subprocess.run(
+        [storescu, "-v", "-aet", "CT01", "-aec", scp.ae_title, "127.0.0.1", str(scp.port),
+         *(str(tmp_path / f"ct{n}.dcm") for n in range(3)), str(tmp_path / "bad.dcm")],
+        env=PEER_ENV, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert encoded == [], "pydicom encoded a response or a file meta"
+    said = run.stdout + run.stderr
+    assert said.count("Received Store Response (Success)") == 3, said
+    assert said.count("Received Store Response (Error: CannotUnderstand)") == 1, said  # 0xC002
     scp.finish()
-    assert len(list(scp.spool.root.glob("*/*/*.dcm"))) == 3
+    stored = sorted(scp.spool.root.glob("*/*/*.dcm"))
+    assert len(stored) == 3
+    for path in stored:
+        assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID == path.stem
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(make_scp, tmp_path: Path) -> None:
