@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.dimse_primitives import C_STORE
 
 from scpnode.clock import utcnow
@@ -106,6 +113,7 @@ class StoreHandlers:
         provide(event.assoc, self.ready_files)  # data set files created ahead (ready_files.py)
         answer_invalid_requests(event.assoc, self._invalid_request)
         answer_stores_directly(event.assoc)  # plain C-STORE-RSPs from a template
+        drop_silent_log_handlers(event.assoc)
 
     def on_conn_close(self, event: Any) -> None:
         """End the wait of an acceptor whose connection closed before any A-ASSOCIATE-RQ.
@@ -432,6 +440,28 @@ class StoreHandlers:
     def _key_of(self, assoc: Any) -> int:
         with self._lock:
             return self._assoc_keys.get(id(assoc), 0)
+
+
+_PYNETDICOM_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def drop_silent_log_handlers(assoc: Any) -> None:
+    """Unbind pynetdicom's own logging handlers while its logger drops what they log.
+
+    They format every request and PDU for INFO and DEBUG lines, and `scpnode.logs` sets the
+    "pynetdicom" logger to WARNING: on the receive path that was work for nothing, per
+    instance, on both association threads. With pynetdicom's logger opened up for a
+    debugging session, they stay bound.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in _PYNETDICOM_LOG_HANDLERS:
+        assoc.unbind(event, handler)
 
 
 def _hashing_threads() -> ThreadPoolExecutor:

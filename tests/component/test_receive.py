@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import socket
 import subprocess
 import time
@@ -351,3 +352,38 @@ def test_simulate_cli_rejects_a_bad_address() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--to", "nowhere"])
     assert exit_info.value.code == 2
+
+
+def test_pynetdicom_log_handlers_are_dropped_only_while_its_logger_is_silent(make_scp) -> None:
+    """pynetdicom's logging handlers format every request and PDU; with its logger at WARNING
+    (scpnode.logs) our acceptors unbind them, with INFO opened for a debugging session they
+    log as before, and our own DIMSE handler stays bound either way."""
+    from pynetdicom import evt
+
+    scp = make_scp()
+
+    def acceptor_handlers() -> dict[str, list[str]]:
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
+        try:
+            acceptor = next(a for a in scp.server.ae.active_associations if a.is_acceptor)
+            return {
+                e.name: sorted(h.__name__ for h, _ in acceptor.get_handlers(e))
+                for e in (evt.EVT_DIMSE_RECV, evt.EVT_PDU_RECV)
+            }
+        finally:
+            assoc.release()
+
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    try:
+        logger.setLevel(logging.WARNING)
+        assert acceptor_handlers() == {"EVT_DIMSE_RECV": ["on_dimse_recv"], "EVT_PDU_RECV": []}
+        logger.setLevel(logging.INFO)
+        assert acceptor_handlers() == {
+            "EVT_DIMSE_RECV": ["on_dimse_recv", "standard_dimse_recv_handler"],
+            "EVT_PDU_RECV": ["standard_pdu_recv_handler"],
+        }
+    finally:
+        logger.setLevel(level)
