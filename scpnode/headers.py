@@ -6,15 +6,17 @@ analyse never re-reads hundreds of files.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from scpnode import raw_values
+from scpnode.header_walk import walk_header
 from scpnode.pixel_layout import find_layout
 
 OWN_MANUFACTURER = "scpnode"
@@ -64,12 +66,26 @@ def read_header(path: Path) -> InstanceHeader:
     """
     try:
         with path.open("rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            ds = _read_until_pixels(fp)
             layout = find_layout(ds, fp)  # fp is left at the pixel data
         header = summarise(ds)
         return header if layout is None else replace(header, pixel_layout=layout.encode())
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read_until_pixels(fp: BinaryIO) -> Dataset:
+    """The header as `dcmread(stop_before_pixels=True)` reads it, `fp` left at the pixels:
+    walked in memory where header_walk.py covers the file, by pydicom otherwise."""
+    walked = walk_header(fp)
+    if walked is None:
+        fp.seek(0)
+        return pydicom.dcmread(fp, stop_before_pixels=True)
+    if walked.pixel_offset is None:
+        fp.seek(0, os.SEEK_END)
+    else:
+        fp.seek(walked.pixel_offset)
+    return walked.dataset
 
 
 def summarise(ds: Dataset) -> InstanceHeader:
