@@ -8,9 +8,10 @@ same bytes from one buffer and builds the very `RawDataElement`s pydicom's
 pydicom `Dataset` that converts values lazily exactly as one from `dcmread` does.
 
 It covers the case a CT scanner sends: a preamble, an Explicit VR Little Endian file meta,
-an Explicit or Implicit VR Little Endian data set whose elements up to the pixel data have
-defined lengths and standard VRs. Anything else (an undefined-length sequence, an unknown
-VR, a declared encoding the first element contradicts, a truncated element, a header over
+an Explicit or Implicit VR Little Endian data set with standard VRs up to the pixel data;
+an undefined-length sequence there is read by pydicom's own `read_sequence`, as its
+generator does. Anything else (an unknown VR, an undefined length pydicom would guess about,
+a declared encoding the first element contradicts, a truncated element, a header over
 `MAX_HEADER`) answers None, and the caller asks pydicom, with pydicom's errors.
 tests/unit/test_header_walk.py holds the walk to pydicom's own over pydicom's test files,
 our synthetic series and awkward headers.
@@ -18,15 +19,20 @@ our synthetic series and awkward headers.
 
 from __future__ import annotations
 
+import io
 import struct
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn, cast
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.values import convert_string
 
 FIRST_READ = 64 * 1024  # a CT header is 2-10 KB; private groups can make it longer
 MAX_HEADER = 1024 * 1024  # beyond this, pydicom reads it (it streams; we would buffer)
@@ -106,6 +112,7 @@ def _elements(
 ) -> tuple[_Elements | None, int]:
     """Top-level elements from `pos` up to the pixel data (or, for `meta`, group 0002)."""
     found: _Elements = {}
+    encoding: str | MutableSequence[str] = default_encoding
     size = len(data)
     while True:
         if pos + 8 > size:
@@ -136,7 +143,11 @@ def _elements(
                 length = _UNPACK_SHORT(data, pos + 6)[0]
                 value_at = pos + 8
         if length == _UNDEFINED:
-            return None, pos  # pydicom parses those sequences eagerly: its path
+            sequence = None if meta else _sequence(data, tag, vr, value_at, encoding, at_end)
+            if sequence is None:
+                return None, pos  # not a sequence pydicom would read as one: its path
+            found[BaseTag(tag)], pos = sequence
+            continue
         end = value_at + length
         if end > size:
             if at_end:
@@ -148,7 +159,39 @@ def _elements(
         found[BaseTag(tag)] = RawDataElement(
             BaseTag(tag), vr, length, value, value_at, implicit, True
         )
+        if tag == _CHARSET:  # the encoding of what follows, as pydicom's generator keeps it
+            encoding = convert_encodings(convert_string(value or b"", True))
         pos = end
+
+
+def _sequence(
+    data: bytes,
+    tag: int,
+    vr: str | None,
+    value_at: int,
+    encoding: str | MutableSequence[str],
+    at_end: bool,
+) -> tuple[DataElement, int] | None:
+    """An undefined-length sequence read by pydicom's own `read_sequence`, as its generator
+    does (CT headers often carry one or two); None where pydicom would guess its way."""
+    implicit = vr is None
+    if implicit:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    if vr != VR.SQ:
+        return None
+    buffer = io.BytesIO(data)
+    buffer.seek(value_at)
+    try:
+        items = read_sequence(buffer, implicit, True, _UNDEFINED, encoding)
+    except Exception:  # the buffer ends inside it, or it is malformed: more data, or pydicom
+        return None if at_end else _need_more()
+    end = buffer.tell()
+    if end >= len(data) and not at_end:
+        _need_more()  # it may have stopped at the buffer's end, not at its delimiter
+    return DataElement(BaseTag(tag), VR.SQ, items, value_at, is_undefined_length=True), end
 
 
 def _looks_implicit(raw_vr: bytes) -> bool:

@@ -17,6 +17,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.uid import ImplicitVRLittleEndian
 
 from scpnode import header_walk, headers
 from scpnode.header_walk import walk_header
@@ -59,8 +60,9 @@ def walked_read(path: Path) -> tuple[Dataset, int] | None:
 
 
 def awkward_for_a_walker(root: Path) -> list[Path]:
-    """Long private values (past the first read), a defined-length sequence, an
-    undefined-length one, a truncated file, no pixel data, a file of meta only."""
+    """Long private values (past the first read), undefined-length sequences (nested, in an
+    implicit VR file, after the first read, a private one), files cut short, no pixel data,
+    a file of meta only."""
     made = []
 
     def ct(name: str, **change: object) -> Dataset:
@@ -82,8 +84,41 @@ def awkward_for_a_walker(root: Path) -> list[Path]:
     seq.save_as(made[-1], enforce_file_format=True)
     assert b"\xff\xff\xff\xff" in made[-1].read_bytes()[:4000]
     whole = made[-1].read_bytes()
-    (root / "truncated.dcm").write_bytes(whole[: len(whole) // 2][:3000])
+    cut_at = whole.index(b"\x08\x00\x40\x11SQ") + 40  # inside the sequence's item
+    (root / "cut_in_sequence.dcm").write_bytes(whole[:cut_at])
+    made.append(root / "cut_in_sequence.dcm")
+    inside_rows = whole.index(b"\x28\x00\x10\x00US") + 9  # within the Rows element
+    (root / "truncated.dcm").write_bytes(whole[:inside_rows])
     made.append(root / "truncated.dcm")
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "T-D3000", "SRT"
+    inner.is_undefined_length_sequence_item = True
+    outer = Dataset()
+    outer.RequestedProcedureID = "1"
+    outer.RequestedProcedureCodeSequence = Sequence([inner])
+    outer["RequestedProcedureCodeSequence"].is_undefined_length = True
+    outer.is_undefined_length_sequence_item = True
+    late = ct("late_nested_sequence.dcm", RequestAttributesSequence=Sequence([outer]))
+    late["RequestAttributesSequence"].is_undefined_length = True
+    late.add_new(0x00090010, "LO", "ACME")
+    late.add_new(0x00091001, "OB", b"\x02" * (header_walk.FIRST_READ + 10))
+    late.save_as(made[-1], enforce_file_format=True)
+    implicit = ct("implicit_sequence.dcm", ReferencedImageSequence=Sequence([item]))
+    implicit["ReferencedImageSequence"].is_undefined_length = True
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit.save_as(made[-1], implicit_vr=True, little_endian=True, enforce_file_format=True)
+    text = Dataset()
+    text.CodeMeaning = "肺 Lunge ä"  # read under the data set's character set
+    utf8 = ct("utf8_sequence.dcm", SpecificCharacterSet="ISO_IR 192",
+              AnatomicRegionSequence=Sequence([text]))  # fmt: skip
+    utf8["AnatomicRegionSequence"].is_undefined_length = True
+    utf8.save_as(made[-1], enforce_file_format=True)
+    private = ct("implicit_private_sequence.dcm")
+    private.add_new(0x00290010, "LO", "ACME")
+    private.add_new(0x00291010, "SQ", Sequence([item]))
+    private[0x00291010].is_undefined_length = True
+    private.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    private.save_as(made[-1], implicit_vr=True, little_endian=True, enforce_file_format=True)
     nopix = ct("nopixels.dcm")
     del nopix.PixelData
     nopix.save_as(made[-1], enforce_file_format=True)
@@ -116,7 +151,16 @@ def test_the_walk_reads_what_pydicom_reads(tmp_path: Path, monkeypatch: pytest.M
 
 def test_what_the_walk_covers_and_hands_over(tmp_path: Path) -> None:
     made = {p.name: p for p in awkward_for_a_walker(tmp_path)}
-    assert walked_read(made["private.dcm"]) is not None  # read on past the first 64 KiB
-    assert walked_read(made["nopixels.dcm"]) is not None
-    for name in ("sequence.dcm", "truncated.dcm"):  # undefined length; cut short
+    walked = [
+        "private.dcm",  # read on past the first 64 KiB
+        "nopixels.dcm",
+        "sequence.dcm",  # undefined-length sequences, read by pydicom's read_sequence
+        "late_nested_sequence.dcm",  # ... nested, undefined-length items, past 64 KiB
+        "implicit_sequence.dcm",  # ... known to the dictionary in an implicit VR file
+        "utf8_sequence.dcm",  # ... its text under the data set's character set
+    ]
+    for name in walked:
+        assert walked_read(made[name]) is not None, name
+    # pydicom's own guess (a private tag, implicit VR), or files cut short: dcmread's answer
+    for name in ("implicit_private_sequence.dcm", "cut_in_sequence.dcm", "truncated.dcm"):
         assert walked_read(made[name]) is None, name
