@@ -29,6 +29,8 @@ from typing import IO, Any
 
 import pynetdicom.dimse_messages
 
+from scpnode.receive.arrival import Arrival
+
 log = logging.getLogger(__name__)
 
 DEPTH = 8  # files kept ready per process: a burst of associations each takes one at a time
@@ -40,14 +42,18 @@ _install_lock = threading.Lock()
 
 
 class ReadyFile:
-    """What pynetdicom uses of a `NamedTemporaryFile`: `name`, `write`, `file`, `close`."""
+    """What pynetdicom uses of a `NamedTemporaryFile`: `name`, `write`, `file`, `close`;
+    and what the handler may use of the bytes written (`arrival`: their hash and header)."""
 
     def __init__(self, name: str, file: IO[bytes]) -> None:
         self.name = name
         self.file = file
+        self.arrival = Arrival(os.fstat(file.fileno()).st_ino)
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        written = self.file.write(data)  # a failed write raises before the arrival sees it
+        self.arrival.feed(data)
+        return written
 
     def close(self) -> None:
         self.file.close()
