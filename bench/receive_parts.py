@@ -67,8 +67,6 @@ def _without(part: str) -> Iterator[None]:
         swap(handlers.StoreHandlers, "_hash_meanwhile", _inline_hash)
     elif part == "walk":
         swap(headers, "walk_header", lambda _fp: None)
-    elif part == "arrival":
-        swap(handlers, "_arrival", lambda _event: None)
     elif part == "log-handlers":
         swap(handlers, "drop_silent_log_handlers", lambda _assoc: None)
     try:
@@ -100,7 +98,7 @@ def run_node(folder: Path, work: Path, part: str | None) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
-PARTS = ["response", "file-meta", "arrival", "hash", "walk", "log-handlers", "recorder"]
+PARTS = ["response", "file-meta", "hash", "walk", "log-handlers", "recorder"]
 
 
 def main() -> None:

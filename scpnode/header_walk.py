@@ -77,15 +77,6 @@ def walk_header(fp: BinaryIO) -> WalkedHeader | None:
             data += more
 
 
-def walk_prefix(data: bytes, *, whole: bool) -> WalkedHeader | None:
-    """`walk_header`'s answer from a file's first bytes (`whole`: all of them), or None
-    where they do not settle it: the header goes on past them, or pydicom must read it."""
-    try:
-        return _walk(data, whole)
-    except _NeedMore:
-        return None
-
-
 def _walk(data: bytes, at_end: bool) -> WalkedHeader | None:
     if len(data) < 132:
         return None if at_end else _need_more()

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from scpnode import raw_values
-from scpnode.header_walk import walk_header, walk_prefix
-from scpnode.pixel_layout import find_layout, layout_at
+from scpnode.header_walk import walk_header
+from scpnode.pixel_layout import find_layout
 
 OWN_MANUFACTURER = "scpnode"
 
@@ -72,25 +72,6 @@ def read_header(path: Path) -> InstanceHeader:
         return header if layout is None else replace(header, pixel_layout=layout.encode())
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from exc
-
-
-def header_from_prefix(prefix: bytes, *, whole: bool, inode: int) -> InstanceHeader | None:
-    """`read_header`'s answer for a file still arriving, from its first bytes (`whole`: all
-    of them) and its inode; None where they do not settle it. Failures are not reported
-    here: the caller reads the file then, and `read_header` says what is wrong."""
-    try:
-        walked = walk_prefix(prefix, whole=whole)
-        if walked is None:
-            return None
-        at = len(prefix) if walked.pixel_offset is None else walked.pixel_offset
-        head = prefix[at : at + 12]
-        if len(head) < 12 and not whole:
-            return None
-        layout = layout_at(walked.dataset, at, head, inode)
-        header = summarise(walked.dataset)
-    except Exception:  # the file is read after all, and its error told there
-        return None
-    return header if layout is None else replace(header, pixel_layout=layout.encode())
 
 
 def _read_until_pixels(fp: BinaryIO) -> Dataset:

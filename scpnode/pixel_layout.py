@@ -84,18 +84,6 @@ def find_layout(ds: Dataset, fp: BinaryIO) -> PixelLayout | None:
     """The layout of the open file `fp`, whose header `ds` pydicom has just read up to the
     pixels (`stop_before_pixels`: `fp` is left at the Pixel Data element); None when it is
     not the plain case or the element there is not the Pixel Data it should be."""
-    try:
-        at = fp.tell()
-        head = fp.read(12)
-        inode = os.fstat(fp.fileno()).st_ino
-    except (OSError, ValueError):
-        return None
-    return layout_at(ds, at, head, inode)
-
-
-def layout_at(ds: Dataset, at: int, head: bytes, inode: int) -> PixelLayout | None:
-    """`find_layout` from what it reads of the file: the Pixel Data element's offset `at`,
-    its first 12 bytes `head` (fewer at the end of the file) and the file's inode."""
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
@@ -116,6 +104,12 @@ def layout_at(ds: Dataset, at: int, head: bytes, inode: int) -> PixelLayout | No
     if dtype is None or not plain or not 0 < stored <= allocated or rows < 1 or columns < 1:
         return None
     if rescale is None:
+        return None
+    try:
+        at = fp.tell()
+        head = fp.read(12)
+        inode = os.fstat(fp.fileno()).st_ino
+    except (OSError, ValueError):
         return None
     size = rows * columns * allocated // 8
     for length in (size, size + 1) if size % 2 else (size,):

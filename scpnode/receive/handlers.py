@@ -35,10 +35,9 @@ from scpnode.receive.access import (
     reject,
     requested_calling_aet,
 )
-from scpnode.receive.arrival import Arrival
 from scpnode.receive.fastpath import accelerate
 from scpnode.receive.lifecycle import bound_reads, discard_partial_datasets
-from scpnode.receive.ready_files import ReadyFile, ReadyFiles, provide
+from scpnode.receive.ready_files import ReadyFiles, provide
 from scpnode.receive.records import (
     AssociationClosed,
     AssociationOpened,
@@ -291,20 +290,16 @@ class StoreHandlers:
             return self._refuse(event, SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted here")
         if not self.spool.has_room():
             return self._refuse(event, OUT_OF_RESOURCES, "spool below min_free_mb")
-        arrival = _arrival(event)  # before the rename: it goes with the file pynetdicom wrote
         temp = self._received_file(event)
         try:
-            return self._place(event, temp, arrival)
+            return self._place(event, temp)
         finally:
             temp.unlink(missing_ok=True)
 
-    def _place(self, event: Any, temp: Path, arrival: Arrival | None) -> int:
-        if arrival is not None:  # hashed and read as it arrived (arrival.py)
-            digest, header = arrival.complete()
-            return self._check_and_place(event, temp, lambda: digest, header)
+    def _place(self, event: Any, temp: Path) -> int:
         hashing = self._hash_meanwhile(temp)
         try:
-            return self._check_and_place(event, temp, hashing.result, None)
+            return self._check_and_place(event, temp, hashing)
         finally:
             hashing.cancel()  # a refused data set: no need to finish its hash
 
@@ -316,17 +311,10 @@ class StoreHandlers:
             done.set_result(file_sha256(temp))
             return done
 
-    def _check_and_place(
-        self,
-        event: Any,
-        temp: Path,
-        digest: Callable[[], tuple[str, int]],
-        header: InstanceHeader | None,
-    ) -> int:
-        """`header`: already read from the bytes as they arrived; None: read the file."""
+    def _check_and_place(self, event: Any, temp: Path, hashing: Future[tuple[str, int]]) -> int:
         request = event.request
         try:
-            header = header or read_header(temp)
+            header = read_header(temp)
         except UnreadableDataset as exc:
             return self._refuse(event, CANNOT_PARSE, f"unreadable data set: {exc}")
         except Exception as exc:
@@ -346,7 +334,7 @@ class StoreHandlers:
             return self._refuse(event, INSTANCE_MISMATCH, "data set SOP Instance UID differs")
         try:
             outcome = self.spool.place(
-                temp, header.study_uid, header.series_uid, header.sop_uid, digest=digest
+                temp, header.study_uid, header.series_uid, header.sop_uid, digest=hashing.result
             )
         except BadUid as exc:
             return self._refuse(event, BAD_UID, str(exc), header.study_uid)
@@ -498,12 +486,6 @@ def answer_invalid_requests(assoc: Any, answer: Callable[[Any, Any, int], None])
         serve(msg, context_id)
 
     assoc._serve_request = serve_or_answer
-
-
-def _arrival(event: Any) -> Arrival | None:
-    """What the file pynetdicom wrote this data set into learnt of it, when it is ours."""
-    file = getattr(event.request, "_dataset_file", None)
-    return file.arrival if isinstance(file, ReadyFile) else None
 
 
 def _with_syntax(header: InstanceHeader, event: Any) -> InstanceHeader:

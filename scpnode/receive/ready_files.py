@@ -29,8 +29,6 @@ from typing import IO, Any
 
 import pynetdicom.dimse_messages
 
-from scpnode.receive.arrival import Arrival
-
 log = logging.getLogger(__name__)
 
 DEPTH = 8  # files kept ready per process: a burst of associations each takes one at a time
@@ -42,18 +40,14 @@ _install_lock = threading.Lock()
 
 
 class ReadyFile:
-    """What pynetdicom uses of a `NamedTemporaryFile`: `name`, `write`, `file`, `close`;
-    and what the handler may use of the bytes written (`arrival`: their hash and header)."""
+    """What pynetdicom uses of a `NamedTemporaryFile`: `name`, `write`, `file`, `close`."""
 
     def __init__(self, name: str, file: IO[bytes]) -> None:
         self.name = name
         self.file = file
-        self.arrival = Arrival(os.fstat(file.fileno()).st_ino)
 
     def write(self, data: bytes) -> int:
-        written = self.file.write(data)  # a failed write raises before the arrival sees it
-        self.arrival.feed(data)
-        return written
+        return self.file.write(data)
 
     def close(self) -> None:
         self.file.close()

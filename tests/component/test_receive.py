@@ -23,10 +23,8 @@ from scpnode.db.models import AssociationRow, AuditEventRow, InstanceRow, StudyR
 from scpnode.dicomnet import IMPLEMENTATION_CLASS_UID
 from scpnode.infer.dicom_slices import KnownSlice, known_slice, read_known, read_slice
 from scpnode.pixel_layout import PixelLayout, read_stored
-from scpnode.receive import fastpath, handlers
+from scpnode.receive import fastpath
 from scpnode.send import Peer, echo, store_datasets
-from scpnode.spool import file_sha256
-from scpnode.synth import make_study_spec, write_study
 from tests.conftest import PEER_ENV, ct_small, need, partial_data
 
 
@@ -160,53 +158,6 @@ def test_per_instance_pydicom_encodes_are_skipped(make_scp, monkeypatch, tmp_pat
     assert len(stored) == 3
     for path in stored:
         assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID == path.stem
-
-
-def test_headers_and_hashes_are_taken_as_the_data_arrives(
-    make_scp, monkeypatch, tmp_path: Path
-) -> None:
-    """The C-STORE handler does not read a received file back (receive/arrival.py): its
-    header and SHA-256 were taken from the bytes as they were written, and are the stored
-    file's. A data set they do not settle is still read, and refused, as before."""
-    storescu = need("storescu")
-    scp = make_scp()
-    sources = write_study(make_study_spec(1, n_slices=2), tmp_path / "big")  # 512x512
-    ct_small().save_as(tmp_path / "small.dcm", enforce_file_format=True)  # under 64 KiB
-    sources.append(tmp_path / "small.dcm")
-    read_back: list[Path] = []
-    real_read_header = handlers.read_header
-    monkeypatch.setattr(
-        handlers, "read_header", lambda p: (read_back.append(p), real_read_header(p))[1]
-    )
-    run = subprocess.run(
-        [storescu, "-aet", "CT01", "-aec", scp.ae_title, "127.0.0.1", str(scp.port),
-         *map(str, sources)],
-        env=PEER_ENV, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    assert read_back == []
-    raw = (tmp_path / "small.dcm").read_bytes()
-    broken = tmp_path / "broken.dcm"
-    broken.write_bytes(raw[: 144 + int.from_bytes(raw[140:144], "little")] + bytes(range(256)))
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        ae = AE(ae_title="SCANNER")
-        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title=scp.ae_title)
-        assert assoc.send_c_store(broken).Status == 0xC001
-        assoc.release()
-    finally:
-        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = False
-    assert len(read_back) == 1
-    scp.finish()
-    with scp.db.session() as s:
-        rows = s.scalars(select(InstanceRow)).all()
-    assert len(rows) == 3
-    for row in rows:
-        stored = Path(row.path)
-        assert (row.sha256, row.bytes) == file_sha256(stored)
-        assert row.pixel_layout is not None
-        assert row.pixel_layout == real_read_header(stored).pixel_layout
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(make_scp, tmp_path: Path) -> None:
