@@ -324,6 +324,13 @@ def _session(args: argparse.Namespace) -> Any:
     return open_database(settings_from(args)).session()
 
 
+def _snapshot(args: argparse.Namespace) -> Any:
+    """For the read-only commands: every query of one answer sees the same commit."""
+    from scpnode.app import open_database
+
+    return open_database(settings_from(args)).snapshot()
+
+
 def cmd_audit_studies(args: argparse.Namespace) -> int:
     from itertools import islice
 
@@ -338,7 +345,7 @@ def cmd_audit_studies(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(f"audit studies: --since/--until: {exc}") from None
-    with _session(args) as session:
+    with _snapshot(args) as session:
         rows = list(islice(iter_studies(session, found, sort=args.sort, descending=args.desc),
                            args.limit))  # fmt: skip
     if args.json:
@@ -364,7 +371,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     from scpnode.audit_views import show_study
     from scpnode.tables import print_study
 
-    with _session(args) as session:
+    with _snapshot(args) as session:
         study = show_study(session, args.study_uid)
     if study is None:
         print(f"scpnode: no study {args.study_uid}", file=sys.stderr)
@@ -379,7 +386,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 def cmd_audit_events(args: argparse.Namespace) -> int:
     from scpnode.audit_views import list_events
 
-    with _session(args) as session:
+    with _snapshot(args) as session:
         events = list_events(session, args.study)
     if args.json:
         print_json(events)
@@ -405,7 +412,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from scpnode.audit_views import list_events
 
     settings = settings_from(args)
-    with _session(args) as session:
+    with _snapshot(args) as session:
         events = list_events(session, args.study)
     if args.since is not None:
         events = [e for e in events if datetime.fromisoformat(e["ts"]) >= args.since]
@@ -418,7 +425,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from scpnode.audit import verify_chain
 
-    with _session(args) as session:
+    with _snapshot(args) as session:
         check = verify_chain(session)
     if check.ok:
         print(f"audit chain intact: {check.events} events")
@@ -493,7 +500,7 @@ def _zoo_errors(action: Callable[[], object]) -> int:
 def cmd_deliveries_list(args: argparse.Namespace) -> int:
     from scpnode.delivery import list_deliveries
 
-    with _session(args) as session:
+    with _snapshot(args) as session:
         rows = list_deliveries(session, args.state)
     if args.json:
         print_json(rows)

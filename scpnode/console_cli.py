@@ -59,6 +59,12 @@ def _db_session(args: argparse.Namespace) -> Any:
     return open_database(settings_from(args)).session()
 
 
+def _db_snapshot(args: argparse.Namespace) -> Any:
+    from scpnode.app import open_database
+
+    return open_database(settings_from(args)).snapshot()
+
+
 def _run(action: Any) -> int:
     from scpnode.web.users import UserError
 
@@ -112,7 +118,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 def cmd_users_list(args: argparse.Namespace) -> int:
     from scpnode.web.users import list_users
 
-    with _db_session(args) as session:
+    with _db_snapshot(args) as session:
         rows = list_users(session)
     if args.json:
         print_json(rows)
@@ -145,7 +151,7 @@ def cmd_audit_associations(args: argparse.Namespace) -> int:
     """The console's Associations page on the command line (same query, same filters)."""
     from scpnode.web.queries import list_associations
 
-    with _db_session(args) as session:
+    with _db_snapshot(args) as session:
         rows = list_associations(
             session,
             calling_aet=args.calling_aet,

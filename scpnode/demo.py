@@ -112,7 +112,7 @@ def run_demo(*, studies: int = 2, slices: int = 48, seed: int = 7, keep: Path | 
 def _wait_for_reports(node: Node, uids: list[str], timeout_s: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
-        with node.db.session() as session:
+        with node.db.snapshot() as session:
             rows = list_studies(session, uids)
         done = len(rows) == len(uids) and all(r["status"] in TERMINAL for r in rows)
         pending = any(d["status"] == "pending" for r in rows for d in r["deliveries"])

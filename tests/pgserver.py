@@ -46,7 +46,10 @@ class PgServer:
     """One cluster; `url(db)` for SQLAlchemy, `create_database()` for an empty database."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="scpnode-pg-"))
+        # not tempfile.tempdir: a receiving SCP points that at its spool, which the
+        # postgres user may not enter
+        system_tmp = os.environ.get("TMPDIR") or "/tmp"
+        self.root = Path(tempfile.mkdtemp(prefix="scpnode-pg-", dir=system_tmp))
         self.data = self.root / "data"
         self.port = _free_port()
         self.pid: int | None = None

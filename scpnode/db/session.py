@@ -5,7 +5,7 @@ worker processes write to the same file, one writer at a time. PostgreSQL (scale
 nodes and workers on one database) gets the same discipline from `writer_lock`: every writing
 transaction takes one advisory lock at its first write, so the audit hash chain never forks
 and no two writers can deadlock on each other's row locks. Each session is one short
-transaction.
+transaction; `snapshot()` is the read-only one whose queries all see the same commit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
@@ -60,6 +60,33 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read-only session whose every query sees one committed state of the database.
+
+        Why: outside a transaction each SELECT sees the latest commit (SQLite's driver opens
+        none for reads; PostgreSQL's default is READ COMMITTED), so a view built from several
+        queries can pair a study's old status with its new deliveries, or a chain check can
+        find a head newer than the events it read and report tampering that never happened.
+        A write in it is refused by the database; readers never block the node's writers.
+        """
+        with self._factory() as session:
+            raw = None
+            if self.is_sqlite:
+                raw = session.connection().connection.dbapi_connection
+                assert raw is not None
+                raw.execute("PRAGMA query_only = ON")  # a write is an error
+                raw.execute("BEGIN")  # WAL: the snapshot is taken at the first read
+            elif self.is_postgres:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                session.execute(text("SET TRANSACTION READ ONLY"))
+            try:
+                yield session
+            finally:
+                if raw is not None:  # still ours: it goes back to the pool writable
+                    raw.execute("PRAGMA query_only = OFF")
+                session.rollback()
 
     def upgrade(self) -> None:
         """Create or migrate the schema to the current revision; safe to run twice."""

@@ -64,7 +64,7 @@ class ChainVerifier:
 
     def _run(self, actor: str) -> None:
         try:
-            with self.db.session() as session:
+            with self.db.snapshot() as session:
                 check: ChainCheck = verify_chain(session)
             with self.db.session() as session:
                 audit.append(

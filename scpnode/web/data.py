@@ -81,7 +81,7 @@ def csv_cell(value: Any) -> str:
 def _rows(console: Console, request: Request) -> Iterator[dict[str, Any]]:
     found, _ = study_filter(request.query_params)
     sort, descending = study_sort(request.query_params)
-    with console.db.session() as session:
+    with console.db.snapshot() as session:  # the whole export from one moment
         yield from iter_studies(session, found, sort=sort, descending=descending)
 
 

@@ -93,7 +93,7 @@ class Metrics:
         with self._lock:
             now = self.monotonic()
             if self._cached is None or now - self._cached[0] > CACHE_S:
-                with self.db.session() as session:
+                with self.db.snapshot() as session:
                     text = "\n".join(self._lines(session)) + "\n"
                 self._cached = (now, text)
             return self._cached[1]

@@ -116,7 +116,7 @@ def dashboard(request: Request) -> Response:
     me = console.page_user(request)
     now = console.clock()
     midnight = datetime.combine(now.date(), time(), tzinfo=UTC)
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         latencies = queries.report_latencies(session, now - timedelta(days=7))
         context: dict[str, Any] = {
             "today": queries.studies_since(session, midnight),
@@ -148,7 +148,7 @@ def studies(request: Request) -> Response:
     me = console.page_user(request)
     found, errors = study_filter(request.query_params)
     sort, descending = study_sort(request.query_params)
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         page = paging(request, count_studies(session, found), console.page_size)
         ids = select_study_ids(
             session,
@@ -200,7 +200,7 @@ def study(request: Request) -> Response:
     console = _console(request)
     me = console.page_user(request)
     uid = request.path_params["uid"]
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         found = show_study(session, uid)
     if found is None:
         raise HTTPException(404, f"no study {uid}")
@@ -239,7 +239,7 @@ def associations(request: Request) -> Response:
     me = console.page_user(request)
     aet = request.query_params.get("calling_aet", "").strip() or None
     outcome = request.query_params.get("outcome") or None
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         total = queries.count_associations(session, calling_aet=aet, outcome=outcome)
         page = paging(request, total, console.page_size)
         rows = queries.list_associations(
@@ -269,7 +269,7 @@ def deliveries(request: Request) -> Response:
     state = request.query_params.get("status") or None
     if state not in (None, *[s.value for s in DeliveryState]):
         state = None
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         counts = queries.count_by(session, DeliveryRow.state)
         total = counts.get(state, 0) if state else sum(counts.values())
         page = paging(request, total, console.page_size)
@@ -294,7 +294,7 @@ def audit_page(request: Request) -> Response:
     console = _console(request)
     me = console.page_user(request)
     kind = request.query_params.get("kind") or None
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         head_seq, head_hash = queries.chain_head(session)
         page = paging(request, queries.count_events(session, kind), console.page_size)
         events = queries.list_recent_events(
@@ -320,7 +320,7 @@ def audit_page(request: Request) -> Response:
 def models(request: Request) -> Response:
     console = _console(request)
     me = console.page_user(request)
-    with console.db.session() as session:
+    with console.db.snapshot() as session:
         used = queries.models_in_use(session)
     return console.render(
         request,
