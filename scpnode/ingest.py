@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ class Recorder:
         # so completion runs now instead of at the next timer tick
         self.on_series_filled = on_series_filled
         self._queue: queue.Queue[object] = queue.Queue()
+        self._hurry = threading.Event()
         self._assoc_ids: dict[int, int] = {}
         self._drops: dict[str, tuple[datetime | None, int]] = {}
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -77,11 +77,13 @@ class Recorder:
         """Wait until everything submitted so far is in the database."""
         marker = threading.Event()
         self._queue.put(marker)
+        self._hurry.set()
         return marker.wait(timeout_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Apply everything queued, then end the thread."""
         self._queue.put(_STOP)
+        self._hurry.set()
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
@@ -101,14 +103,18 @@ class Recorder:
 
         While a scanner streams, one transaction per `linger_s` instead of one per instance:
         the recorder then takes the GIL from the association threads a few times a second,
-        not at every C-STORE. A flush marker or a stop ends the gathering at once.
+        not at every C-STORE. A flush or a stop ends the gathering at once.
         """
         batch = [self._queue.get()]
-        deadline = time.monotonic() + self.linger_s
+        if not _is_marker(batch[0]):
+            # records do not wake this thread (that would take the GIL at every C-STORE);
+            # it sleeps out the linger, or until a flush or stop sets the hurry flag (their
+            # markers are queued before it is set, so the gathering below finds them)
+            self._hurry.wait(self.linger_s)
+        self._hurry.clear()
         while len(batch) < self.batch_size and not _is_marker(batch[-1]):
-            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=max(remaining, 0.0)))
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -113,3 +113,32 @@ def test_a_series_reaching_its_announced_count_brings_the_sweep_forward(tmp_path
     finally:
         recorder.stop()
     db.dispose()
+
+
+def test_records_do_not_wake_the_recorder_one_by_one(tmp_path: Path) -> None:
+    """Each wake-up of the recorder thread takes the GIL from the association threads: a
+    streamed series wakes it once per batch, and a flush still ends the batch at once."""
+    db = Database(f"sqlite:///{tmp_path}/audit.db")
+    db.upgrade()
+    recorder = Recorder(db, linger_s=30)
+    waits: list[float | None] = []
+    queue_get = recorder._queue.get
+
+    def counting_get(block: bool = True, timeout: float | None = None) -> object:
+        if block:
+            waits.append(timeout)
+        return queue_get(block, timeout)
+
+    recorder._queue.get = counting_get  # type: ignore[method-assign]
+    recorder.start()
+    try:
+        for i in range(1, 21):
+            recorder.submit(received(i))
+            time.sleep(0.002)
+        assert recorder.flush(10), "the flush waited for the 30 s linger"
+    finally:
+        recorder.stop()
+    assert len(waits) <= 2, f"{len(waits)} blocking waits for 20 records and a flush"
+    with db.session() as s:
+        assert len(s.scalars(select(InstanceRow)).all()) == 20
+    db.dispose()
