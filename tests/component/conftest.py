@@ -65,11 +65,11 @@ class Rig:
         self.worker.run_burst()
 
     def studies(self) -> dict[str, dict[str, Any]]:
-        with self.worker.ctx.db.session() as s:
+        with self.worker.ctx.db.snapshot() as s:
             return {r["study_instance_uid"]: r for r in list_studies(s)}
 
     def show(self, uid: str) -> dict[str, Any]:
-        with self.worker.ctx.db.session() as s:
+        with self.worker.ctx.db.snapshot() as s:
             study = show_study(s, uid)
         assert study is not None
         return study

@@ -168,7 +168,7 @@ def job_attempts(db: Database, study_uid: str) -> int:
 
 
 def all_settled(db: Database, uids: set[str]) -> list[dict[str, Any]] | None:
-    with db.session() as session:
+    with db.snapshot() as session:  # while the nodes write
         rows = [r for r in list_studies(session) if r["study_instance_uid"] in uids]
     return rows if len(rows) == len(uids) and all(r["status"] in FINAL for r in rows) else None
 
