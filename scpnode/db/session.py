@@ -4,7 +4,8 @@ SQLite runs in WAL mode with a generous busy timeout: the SCP process, the sched
 worker processes write to the same file, one writer at a time. PostgreSQL (scale-out: several
 nodes and workers on one database) gets the same discipline from `writer_lock`: every writing
 transaction takes one advisory lock at its first write, so the audit hash chain never forks
-and no two writers can deadlock on each other's row locks. Each session is one short
+and no two writers can deadlock on each other's row locks. On SQLite `writer_lock` takes the
+write lock early (`BEGIN IMMEDIATE`) for a read that decides a write. Each session is one short
 transaction; `snapshot()` is the read-only one whose queries all see the same commit.
 """
 
@@ -108,14 +109,22 @@ class Database:
 
 
 def writer_lock(session: Session) -> None:
-    """Take this transaction's writer lock now (PostgreSQL; SQLite locks at the first write).
+    """Take this transaction's writer lock now: PostgreSQL's advisory lock, SQLite's write
+    lock (`BEGIN IMMEDIATE`, which otherwise comes only with the first write).
 
-    Called before reads whose result decides a write, so that the read sees the last commit.
+    Called before reads whose result decides a write, so that the read sees the last commit
+    and nobody commits between it and the write.
     """
-    if session.get_bind().dialect.name == "postgresql" and not session.info.get(_LOCKED):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql" and not session.info.get(_LOCKED):
         connection = session.connection()  # begins the transaction (and resets the flag)
         session.info[_LOCKED] = True
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK_KEY})")
+    elif dialect == "sqlite":
+        raw = session.connection().connection.dbapi_connection
+        # in a transaction already: the driver began it for a write, so the lock is held
+        if raw is not None and not raw.in_transaction:
+            raw.execute("BEGIN IMMEDIATE")  # waits out other writers (the busy timeout)
 
 
 def _serialise_writers(factory: sessionmaker[Session]) -> None:

@@ -7,6 +7,7 @@ nodes would; a barrier releases them together so their transactions really overl
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import event, func, inspect, select
 
 from scpnode import audit
 from scpnode.clock import utcnow
@@ -29,7 +30,7 @@ from scpnode.db import Database
 from scpnode.db.models import AssociationRow, AuditEventRow, Base, InstanceRow, JobRow, StudyRow
 from scpnode.domain import AuditKind, JobState, StudyState
 from scpnode.headers import summarise
-from scpnode.ingest import record_instance
+from scpnode.ingest import Recorder, record_instance
 from scpnode.queue import claim, finish_job, sweep_completions
 from scpnode.receive.records import InstanceReceived
 from scpnode.reconcile import reconcile
@@ -265,3 +266,46 @@ def test_a_header_with_nul_characters_is_recorded(db_url: str, tmp_path: Path) -
         row = session.scalars(select(InstanceRow)).one()
     assert (row.study_description, row.series_description) == ("CHEST", "AXLUNG")
     db.dispose()
+
+
+def test_two_recorders_creating_one_study_take_turns(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two SCP processes record the first instances of one new study at the same moment: the
+    second waits for the first's study row (the writer lock, taken before the recorder looks
+    the study up) instead of failing on it and redoing its batch a record at a time."""
+    setup = Database(db_url)
+    setup.upgrade()
+    first, second = Database(db_url), Database(db_url)
+    ds = ct_small()
+    records = []
+    for i in (1, 2):
+        ds.SOPInstanceUID = f"{ds.SeriesInstanceUID}.{i}"
+        records.append(InstanceReceived(key=i, calling_aet="CT01", header=summarise(ds),
+                                        kind=StoreKind.STORED, path=str(tmp_path / f"{i}.dcm"),
+                                        sha256="0" * 64, size=1, at=utcnow()))  # fmt: skip
+    second_done = threading.Event()
+
+    def second_batch() -> None:
+        Recorder(second)._apply_batch([records[1]])
+        second_done.set()
+
+    fired: list[str] = []
+
+    def just_before_the_study_insert(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        if not fired and statement.startswith("INSERT INTO studies"):
+            fired.append(statement)
+            threading.Thread(target=second_batch, daemon=True).start()
+            second_done.wait(1.0)  # holding the lock, the second cannot finish meanwhile
+
+    event.listen(first.engine, "before_cursor_execute", just_before_the_study_insert)
+    with caplog.at_level(logging.ERROR, logger="scpnode.ingest"):
+        Recorder(first)._apply_batch([records[0]])
+        assert second_done.wait(60)
+    assert fired
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    with setup.session() as session:
+        assert session.scalar(select(func.count()).select_from(StudyRow)) == 1
+        assert session.scalar(select(func.count()).select_from(InstanceRow)) == 2
+    for db in (setup, first, second):
+        db.dispose()
