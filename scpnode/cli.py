@@ -12,10 +12,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scpnode import __version__
 from scpnode.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from scpnode.db import Database
 
 log = logging.getLogger("scpnode")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -52,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
+
+
+def database_from(args: argparse.Namespace) -> Database:
+    """The configured database, migrated; commands read it through `.snapshot()` and write
+    through `.session()`."""
+    from scpnode.app import open_database
+
+    return open_database(settings_from(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scpnode.cli import EXIT_FAILURE, EXIT_OK, UsageError, print_json, settings_from
+from scpnode.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    database_from,
+    print_json,
+    settings_from,
+)
 from scpnode.tables import print_table
 
 Adder = Any  # argparse's private _SubParsersAction
@@ -318,19 +325,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.all_stored else EXIT_FAILURE
 
 
-def _session(args: argparse.Namespace) -> Any:
-    from scpnode.app import open_database
-
-    return open_database(settings_from(args)).session()
-
-
-def _snapshot(args: argparse.Namespace) -> Any:
-    """For the read-only commands: every query of one answer sees the same commit."""
-    from scpnode.app import open_database
-
-    return open_database(settings_from(args)).snapshot()
-
-
 def cmd_audit_studies(args: argparse.Namespace) -> int:
     from itertools import islice
 
@@ -345,7 +339,7 @@ def cmd_audit_studies(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as exc:
         raise UsageError(f"audit studies: --since/--until: {exc}") from None
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         rows = list(islice(iter_studies(session, found, sort=args.sort, descending=args.desc),
                            args.limit))  # fmt: skip
     if args.json:
@@ -371,7 +365,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     from scpnode.audit_views import show_study
     from scpnode.tables import print_study
 
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         study = show_study(session, args.study_uid)
     if study is None:
         print(f"scpnode: no study {args.study_uid}", file=sys.stderr)
@@ -386,7 +380,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 def cmd_audit_events(args: argparse.Namespace) -> int:
     from scpnode.audit_views import list_events
 
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         events = list_events(session, args.study)
     if args.json:
         print_json(events)
@@ -412,7 +406,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     from scpnode.audit_views import list_events
 
     settings = settings_from(args)
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         events = list_events(session, args.study)
     if args.since is not None:
         events = [e for e in events if datetime.fromisoformat(e["ts"]) >= args.since]
@@ -425,7 +419,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from scpnode.audit import verify_chain
 
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         check = verify_chain(session)
     if check.ok:
         print(f"audit chain intact: {check.events} events")
@@ -500,7 +494,7 @@ def _zoo_errors(action: Callable[[], object]) -> int:
 def cmd_deliveries_list(args: argparse.Namespace) -> int:
     from scpnode.delivery import list_deliveries
 
-    with _snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         rows = list_deliveries(session, args.state)
     if args.json:
         print_json(rows)
@@ -530,7 +524,7 @@ def cmd_deliveries_retry(args: argparse.Namespace) -> int:
     if not args.ids and not args.all_failed:
         raise UsageError("deliveries retry: give delivery IDs or --all-failed")
     settings = settings_from(args)
-    with _session(args) as session:
+    with database_from(args).session() as session:
         done = requeue(
             session,
             None if args.all_failed else args.ids,

@@ -11,7 +11,7 @@ import getpass
 import sys
 from typing import Any
 
-from scpnode.cli import EXIT_OK, UsageError, print_json, settings_from
+from scpnode.cli import EXIT_OK, UsageError, database_from, print_json, settings_from
 from scpnode.tables import print_table
 
 ROLES = ("admin", "viewer")
@@ -53,18 +53,6 @@ def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _db_session(args: argparse.Namespace) -> Any:
-    from scpnode.app import open_database
-
-    return open_database(settings_from(args)).session()
-
-
-def _db_snapshot(args: argparse.Namespace) -> Any:
-    from scpnode.app import open_database
-
-    return open_database(settings_from(args)).snapshot()
-
-
 def _run(action: Any) -> int:
     from scpnode.web.users import UserError
 
@@ -82,7 +70,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     password = read_password(args.password_stdin)
 
     def act() -> None:
-        with _db_session(args) as session:
+        with database_from(args).session() as session:
             add_user(session, args.name, Role(args.role), password, now=utcnow(), actor=_actor())
         print(f"user {args.name} added ({args.role})")
 
@@ -96,7 +84,7 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
     password = read_password(args.password_stdin)
 
     def act() -> None:
-        with _db_session(args) as session:
+        with database_from(args).session() as session:
             set_password(session, args.name, password, now=utcnow(), actor=_actor())
         print(f"password of {args.name} set; their sessions ended")
 
@@ -108,7 +96,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     from scpnode.web.users import remove_user
 
     def act() -> None:
-        with _db_session(args) as session:
+        with database_from(args).session() as session:
             remove_user(session, args.name, now=utcnow(), actor=_actor())
         print(f"user {args.name} removed")
 
@@ -118,7 +106,7 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 def cmd_users_list(args: argparse.Namespace) -> int:
     from scpnode.web.users import list_users
 
-    with _db_snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         rows = list_users(session)
     if args.json:
         print_json(rows)
@@ -151,7 +139,7 @@ def cmd_audit_associations(args: argparse.Namespace) -> int:
     """The console's Associations page on the command line (same query, same filters)."""
     from scpnode.web.queries import list_associations
 
-    with _db_snapshot(args) as session:
+    with database_from(args).snapshot() as session:
         rows = list_associations(
             session,
             calling_aet=args.calling_aet,
